@@ -1,0 +1,32 @@
+# Two entry points on a fresh clone:
+#   make run   - set up .venv, build what is missing, run the pipeline as far as it exists
+#   make test  - set up .venv, fetch the pinned data sources, run the whole test suite
+# Downloads and built data live in $TICOR_CACHE (default ~/.cache/ticor), never in the repo.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test venv clean fixture
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ticor data build
+
+test: $(STAMP)
+	$(BIN)/ticor data fetch
+	$(BIN)/python -m pytest -q
+
+# Regenerate the committed test fixture (after a change to the dataset builder).
+fixture: $(STAMP)
+	$(BIN)/ticor data build --subset fixture --out tests/fixtures/data
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

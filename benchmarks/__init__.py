@@ -1,0 +1,1 @@
+"""Latency next to accuracy and F1 (not built yet)."""

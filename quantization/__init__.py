@@ -1,0 +1,1 @@
+"""Quantized edge bundles with an accuracy gate (not built yet)."""

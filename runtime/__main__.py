@@ -1,0 +1,5 @@
+import sys
+
+from ticor.cli import main
+
+sys.exit(main())

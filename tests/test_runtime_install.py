@@ -1,0 +1,60 @@
+"""The runtime install (`ticor[cpu]`) must not pull torch, transformers or the build side."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+FORBIDDEN = {"torch", "transformers", "optimum", "optimum-onnx", "onnx", "cairosvg", "onnxruntime-gpu"}
+
+
+@pytest.fixture(scope="module")
+def runtime_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env_dir = tmp_path_factory.mktemp("runtime-venv")
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", f"{REPO}[cpu]"],
+        check=True, capture_output=True, text=True,
+    )
+    return env_dir
+
+
+def test_runtime_install_has_no_torch_or_build_packages(runtime_env: Path) -> None:
+    python = runtime_env / "bin" / "python"
+    listed = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=freeze"], check=True, capture_output=True, text=True
+    ).stdout
+    names = {line.split("==")[0].lower() for line in listed.splitlines() if "==" in line}
+    assert {"ticor", "numpy", "pillow", "tokenizers", "onnxruntime"} <= names
+    assert not names & FORBIDDEN, names & FORBIDDEN
+
+
+def test_runtime_imports_and_answers(runtime_env: Path) -> None:
+    python = runtime_env / "bin" / "python"
+    code = "import sys, ticor; ticor.require_onnxruntime(); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == "[]"
+    version = subprocess.run(
+        [str(runtime_env / "bin" / "ticor"), "--version"], check=True, capture_output=True, text=True
+    )
+    assert "onnxruntime distribution: onnxruntime" in version.stdout
+
+
+def test_build_command_without_the_extra_says_what_to_install(runtime_env: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(runtime_env / "bin" / "ticor"), "data", "build", "--out", str(tmp_path / "d")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "pip install 'ticor[cpu,build]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()
