@@ -1,0 +1,1 @@
+"""Build side: the offline text-image dataset (needs the build extra)."""
