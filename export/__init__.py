@@ -1,0 +1,1 @@
+"""Build side: pretrained weights, training and ONNX export (needs the build extra)."""
