@@ -327,16 +327,17 @@ def make_pairs(records: list[_Record], split: str) -> tuple[list[dict], Counter]
         for t in r.texts:
             positives_of[norm_text(t.text)].update(d for _, d in r.images)
     by_hard: dict[str, list[_Record]] = defaultdict(list)
-    by_group: dict[str, list[_Record]] = defaultdict(list)
+    by_seed: dict[str, list[_Record]] = defaultdict(list)
     for r in recs:
         for key in r.concept.hard_keys:
             by_hard[key].append(r)
-        by_group[r.group].append(r)
+        by_seed[r.concept.seed].append(r)
     notes: Counter = Counter()
     pairs: list[dict] = []
     seen_texts: set[str] = set()
 
     def add(text: catalog.Text, r: _Record, img: tuple[str, str], label: int, neg: str | None) -> None:
+        """One pair of a text of ``r`` (the text's own concept) and a picture."""
         pairs.append(
             {
                 "text": text.text,
@@ -351,9 +352,13 @@ def make_pairs(records: list[_Record], split: str) -> tuple[list[dict], Counter]
         )
 
     def fits(text_rec: _Record, other: _Record) -> bool:
-        """A toneless emoji name also describes its toned pictures: never a negative."""
+        """Pictures the text may well describe, so never a negative: its toned pictures for a
+        toneless emoji name, and concepts merged into its group by a shared noun, text or
+        picture (the same thing from another source)."""
         c, o = text_rec.concept, other.concept
-        return bool(c.tone_base) and not c.toned and c.tone_base == o.tone_base
+        if c.tone_base and not c.toned and c.tone_base == o.tone_base:
+            return True
+        return text_rec.group == other.group and c.seed != o.seed
 
     def negative(t: catalog.Text, r: _Record, want_hard: bool, rng: random.Random) -> None:
         forbidden = positives_of[norm_text(t.text)]
@@ -362,7 +367,7 @@ def make_pairs(records: list[_Record], split: str) -> tuple[list[dict], Counter]
             for key in r.concept.hard_keys:
                 for o in by_hard[key]:
                     pool[o.concept.key] = o
-            for o in by_group[r.group]:
+            for o in by_seed[r.concept.seed]:  # tone and gender siblings
                 pool[o.concept.key] = o
             candidates = [
                 (o, img)
@@ -372,8 +377,8 @@ def make_pairs(records: list[_Record], split: str) -> tuple[list[dict], Counter]
                 if img[1] not in forbidden
             ]
             if candidates:
-                o, img = rng.choice(candidates)
-                add(t, o, img, 0, "hard")
+                _, img = rng.choice(candidates)
+                add(t, r, img, 0, "hard")
                 return
             notes["hard negative unavailable, used random"] += 1
         for _ in range(1000):
@@ -382,13 +387,12 @@ def make_pairs(records: list[_Record], split: str) -> tuple[list[dict], Counter]
                 continue
             img = o.images[rng.randrange(len(o.images))]
             if img[1] not in forbidden:
-                add(t, o, img, 0, "random")
+                add(t, r, img, 0, "random")
                 return
         notes["no negative found"] += 1
 
     for r in recs:
         rng = _rng("pairs", split, r.concept.key)
-        used: set[str] = set()
         texts = [t for t in r.texts if norm_text(t.text) not in seen_texts]
         seen_texts.update(norm_text(t.text) for t in texts)
         start = rng.randrange(len(r.images))
@@ -400,7 +404,6 @@ def make_pairs(records: list[_Record], split: str) -> tuple[list[dict], Counter]
                 plan.append((r.texts[len(plan) % len(r.texts)], img))
         hard_first = rng.random() < 0.5
         for k, (t, img) in enumerate(plan):
-            used.add(img[1])
             add(t, r, img, 1, None)
             negative(t, r, (k % 2 == 0) == hard_first, rng)
     for i, p in enumerate(pairs):

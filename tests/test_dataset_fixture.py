@@ -70,6 +70,10 @@ def test_every_pair_label_is_right(fixture_data: Path) -> None:
     for row in texts:
         matching[_norm(row["text"])] |= images_of[row["concept"]]
     split_of_image = {row["image"]: row["split"] for row in items}
+    family_of_concept = {row["concept"]: row["family"] for row in items}
+    families_of_text: dict[str, set[str]] = defaultdict(set)
+    for row in texts:
+        families_of_text[_norm(row["text"])].add(family_of_concept[row["concept"]])
     total = 0
     for split, rows in pairs.items():
         ids = [p["id"] for p in rows]
@@ -79,6 +83,7 @@ def test_every_pair_label_is_right(fixture_data: Path) -> None:
             assert p["label"] == int(p["image"] in matching[_norm(p["text"])]), p
             assert split_of_image[p["image"]] == split
             assert (p["negative"] is None) == (p["label"] == 1)
+            assert p["family"] in families_of_text[_norm(p["text"])], p
             assert p["lang"] in ("en", "zh")
     assert total > 200
 

@@ -58,3 +58,29 @@ def test_build_command_without_the_extra_says_what_to_install(runtime_env: Path,
     assert "pip install 'ticor[cpu,build]'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("extras", "runtime_build"),
+    [("cpu,build", "onnxruntime"), ("gpu,build", "onnxruntime-gpu"), ("gpu", "onnxruntime-gpu")],
+)
+def test_every_extra_combination_resolves_to_exactly_one_onnxruntime(
+    extras: str, runtime_build: str, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--report", str(report), f"{REPO}[{extras}]"],
+        check=True, capture_output=True, text=True,
+    )
+    import json
+
+    names = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
+    builds = sorted(n for n in names if n.startswith("onnxruntime"))
+    assert builds == [runtime_build]
+    if "build" in extras:
+        torch = next(i for i in json.loads(report.read_text())["install"]
+                     if i["metadata"]["name"].lower() == "torch")
+        assert torch["metadata"]["version"].startswith("2.13.0")
+    else:
+        assert "torch" not in names and "transformers" not in names
