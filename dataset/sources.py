@@ -10,7 +10,6 @@ redone rather than trusted.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import lzma
 import os
@@ -21,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ticor._files import sha256_file
 from ticor.paths import cache_dir
 
 
@@ -132,14 +132,6 @@ SOURCES: dict[str, Source] = {
 
 # Audio in the Tux Paint package is most of its size and never used.
 _SKIP_SUFFIXES = (".ogg", ".wav")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def downloads_dir(cache: Path | None = None) -> Path:

@@ -26,9 +26,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ticor._files import CHUNK as _CHUNK
+from ticor._files import sha256_file
 from ticor.paths import cache_dir
 
-_CHUNK = 1 << 20
 
 
 class HashMismatchError(RuntimeError):
@@ -157,15 +158,6 @@ ASSETS: dict[str, Asset] = {
         ),
     )
 }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _matches(path: Path, expected: str) -> bool:
