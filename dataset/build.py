@@ -522,6 +522,12 @@ def up_to_date(out: Path, options: BuildOptions) -> dict | None:
         path = out / rel
         if not path.exists() or sha256_file(path) != digest:
             return None
+    with (out / "items.jsonl").open(encoding="utf-8") as fh:
+        pictures = {json.loads(line)["image"] for line in fh}
+    if manifest.get("images_sha256") != _h(*sorted(Path(p).stem for p in pictures)):
+        return None
+    if not all((out / rel).is_file() for rel in pictures):
+        return None  # a picture was deleted: rebuild (rendering resumes from the index)
     return manifest
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,17 @@ def test_second_build_reuses_the_dataset(built: Path) -> None:
     result = ticor("data", "build", "--subset", "fixture", "--out", str(built))
     assert "up to date, reused" in result.stderr
     assert "pairs total:" in result.stdout
+
+
+def test_deleted_picture_is_noticed_and_rebuilt(built: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(built, copy)
+    victim = sorted((copy / "images").glob("*/*.png"))[0]
+    victim.unlink()
+    result = ticor("data", "build", "--subset", "fixture", "--out", str(copy))
+    assert "up to date" not in result.stderr
+    assert victim.exists()
+    assert _manifest(copy)["dataset_sha256"] == _manifest(built)["dataset_sha256"]
 
 
 def test_build_killed_midway_resumes_to_the_same_dataset(built: Path, tmp_path: Path) -> None:
