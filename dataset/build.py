@@ -311,7 +311,6 @@ class _Record:
     images: list[tuple[str, str]]  # (image source, sha256), sorted
     group: str
     split: str
-    index: int = 0
     texts: list[catalog.Text] = field(default_factory=list)
 
 
@@ -580,7 +579,7 @@ def build(
     split_of = assign_splits(dict(group_sizes))
     cid = {c.key: "c" + _h("concept", c.key)[:12] for c in kept}
     records = [
-        _Record(c, with_images[c.key], group_of[i], split_of[group_of[i]], i, list(c.texts))
+        _Record(c, with_images[c.key], group_of[i], split_of[group_of[i]], list(c.texts))
         for i, c in enumerate(kept)
     ]
 
@@ -603,11 +602,9 @@ def build(
         for r in records for t in r.texts
     ]
     provenance = [
-        {"image": _image_path(d), "source": s, "package": catalog.IMAGE_SOURCE_PACKAGE[s],
+        {"image": _image_path(str(done[job.key])), "source": s, "package": catalog.IMAGE_SOURCE_PACKAGE[s],
          "ref": job.key.split(":", 1)[1]}
-        for r in records for source_job in r.concept.jobs
-        for s, job in [source_job]
-        for d in [done[job.key]] if isinstance(d, str)
+        for r in records for s, job in r.concept.jobs if isinstance(done[job.key], str)
     ]
     items.sort(key=lambda x: (x["image"], x["concept"]))
     texts.sort(key=lambda x: (x["concept"], x["lang"], x["kind"], x["text"]))
