@@ -31,7 +31,6 @@ from ticor._files import sha256_file
 from ticor.paths import cache_dir
 
 
-
 class HashMismatchError(RuntimeError):
     """A downloaded or extracted file does not have its pinned sha256."""
 

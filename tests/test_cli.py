@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from ticor._deps import MissingDependencyError, onnxruntime_status, require_modules
 from tests.conftest import ticor
+from ticor._deps import MissingDependencyError, onnxruntime_status, require_modules
 
 
 def test_version_answers_without_heavy_imports() -> None:

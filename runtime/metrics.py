@@ -1,0 +1,137 @@
+"""Matching metrics in plain numpy: shared by training, export, quantization and benchmarks.
+
+``evaluate`` takes a split's pair scores (one probability per pair) plus the pair rows and
+returns accuracy, precision, recall and F1 at a threshold, ROC-AUC, the same per language
+and per negative kind, and, when given a text-by-image score matrix, text-to-image recall@k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); NaN when one class is missing."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    npos, nneg = int(labels.sum()), int((~labels).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    ranks = np.empty(len(s), dtype=np.float64)
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[i : j + 1] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    r = np.empty_like(ranks)
+    r[order] = ranks
+    return float((r[labels].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))
+
+
+def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 for ``score >= threshold`` as the match decision."""
+    y = np.asarray(labels).astype(bool)
+    p = np.asarray(scores) >= threshold
+    tp, fp = int((p & y).sum()), int((p & ~y).sum())
+    fn, tn = int((~p & y).sum()), int((~p & ~y).sum())
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    acc = (tp + tn) / len(y) if len(y) else float("nan")
+    return {"accuracy": acc, "precision": prec, "recall": rec, "f1": f1, "n": len(y)}
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold that maximises F1 (midpoint between neighbouring scores)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.sum() == 0 or (~y).sum() == 0:
+        raise ValueError("choosing a threshold needs both matching and non-matching pairs")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(~y_sorted)
+    f1 = 2 * tp / (tp + fp + y.sum())
+    distinct = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # cut only between different scores
+    f1 = np.where(distinct, f1, -1.0)
+    k = int(np.argmax(f1))
+    if k + 1 < len(s_sorted):
+        return float((s_sorted[k] + s_sorted[k + 1]) / 2.0)
+    return float(s_sorted[k])
+
+
+def recall_at_k(
+    score_matrix: np.ndarray, positives: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Share of texts (rows) with a matching image (column) among their top-k scores."""
+    if len(positives) != score_matrix.shape[0]:
+        raise ValueError("one positive set per score row is needed")
+    order = np.argsort(-score_matrix, axis=1, kind="stable")[:, : max(ks)]
+    out = {}
+    for k in ks:
+        hits = [bool(positives[i] & set(order[i, :k].tolist())) for i in range(len(positives))]
+        out[f"recall@{k}"] = float(np.mean(hits)) if hits else float("nan")
+    return out
+
+
+def evaluate(
+    rows: Sequence[dict[str, Any]],
+    scores: np.ndarray,
+    threshold: float,
+    rank: tuple[np.ndarray, Sequence[set[int]]] | None = None,
+) -> dict[str, Any]:
+    """Metrics over pair ``rows`` (``label``, optional ``lang`` and ``negative``) and scores."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(rows) != len(scores):
+        raise ValueError(f"{len(rows)} pairs but {len(scores)} scores")
+    labels = np.array([int(r["label"]) for r in rows])
+    out: dict[str, Any] = {"threshold": float(threshold), "overall": _block(labels, scores, threshold)}
+    langs = sorted({r.get("lang") for r in rows if r.get("lang")})
+    out["by_lang"] = {}
+    for lang in langs:
+        sel = np.array([r.get("lang") == lang for r in rows])
+        out["by_lang"][lang] = _block(labels[sel], scores[sel], threshold)
+    out["by_negative"] = {}
+    for kind in sorted({r.get("negative") for r in rows if r.get("negative")}):
+        # positives against this kind of negative only
+        sel = np.array([r["label"] == 1 or r.get("negative") == kind for r in rows])
+        out["by_negative"][kind] = _block(labels[sel], scores[sel], threshold)
+    if rank is not None:
+        out["retrieval"] = recall_at_k(rank[0], rank[1])
+        out["retrieval"]["texts"] = int(rank[0].shape[0])
+        out["retrieval"]["images"] = int(rank[0].shape[1])
+    return out
+
+
+def _block(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    return {**at_threshold(labels, scores, threshold), "roc_auc": roc_auc(labels, scores)}
+
+
+def table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """A plain-text table, one line per named result of :func:`evaluate`."""
+    head = (f"{'model':<34} {'acc':>6} {'prec':>6} {'rec':>6} {'F1':>6} {'AUC':>6} "
+            f"{'F1 en':>6} {'F1 zh':>6} {'AUC rnd':>7} {'AUC hard':>8} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
+    lines = [head, "-" * len(head)]
+
+    def f(x: Any) -> str:
+        return "   n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:6.3f}"
+
+    for name, m in rows:
+        o = m["overall"]
+        lang = m.get("by_lang", {})
+        neg = m.get("by_negative", {})
+        ret = m.get("retrieval", {})
+        lines.append(
+            f"{name:<34} {f(o['accuracy'])} {f(o['precision'])} {f(o['recall'])} {f(o['f1'])} "
+            f"{f(o['roc_auc'])} {f(lang.get('en', {}).get('f1'))} {f(lang.get('zh', {}).get('f1'))} "
+            f"{f(neg.get('random', {}).get('roc_auc')):>7} {f(neg.get('hard', {}).get('roc_auc')):>8} "
+            f"{f(ret.get('recall@1'))} {f(ret.get('recall@5'))} {f(ret.get('recall@10'))}"
+        )
+    return "\n".join(lines)
