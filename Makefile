@@ -1,5 +1,5 @@
 # Two entry points on a fresh clone:
-#   make run   - set up .venv, build what is missing, run the pipeline as far as it exists
+#   make run   - set up .venv, build what is missing (dataset, trained model, fp32 bundle), print metrics
 #   make test  - set up .venv, fetch the pinned data sources, run the whole test suite
 # Downloads and built data live in $TICOR_CACHE (default ~/.cache/ticor), never in the repo.
 
@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+PRESET ?= multilingual
+
 run: $(STAMP)
 	$(BIN)/ticor data build
+	$(BIN)/ticor train --preset $(PRESET)
+	$(BIN)/ticor info "$$($(BIN)/ticor export --preset $(PRESET))"
 
 test: $(STAMP)
 	$(BIN)/ticor data fetch

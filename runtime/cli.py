@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ticor import __version__
 from ticor._deps import onnxruntime_status
-from ticor.errors import MissingDependencyError, UsageError
+from ticor.errors import MissingDependencyError, TicorError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,6 +33,42 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from ticor.dataset.cli import run
 
     return run(args)
+
+
+_TRAIN_MODULES = ["torch", "transformers", "safetensors", "onnx", "PIL", "numpy"]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ticor._deps import require_modules
+
+    require_modules("ticor train", _TRAIN_MODULES)
+    from ticor.export.cli import run_train
+
+    return run_train(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ticor._deps import require_modules, require_onnxruntime
+
+    require_modules("ticor export", _TRAIN_MODULES)
+    require_onnxruntime()
+    from ticor.export.cli import run_export
+
+    return run_export(args)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ticor.bundle import describe, read_manifest
+
+    m = read_manifest(Path(args.bundle), verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(m.data, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        print(describe(m, verified=not args.no_verify))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("dataset", help="dataset directory")
     summary.add_argument("--json", action="store_true", help="print the manifest counts as JSON")
     data.set_defaults(func=_cmd_data)
+
+    train = sub.add_parser("train", help="train a preset on a built dataset (build extra)")
+    train.add_argument("--preset", default="multilingual", help="multilingual (default) or en-small")
+    train.add_argument("--data", help="dataset directory (default: CACHE/dataset/full)")
+    train.add_argument("--out", help="run directory (default: CACHE/runs/PRESET)")
+    train.add_argument("--epochs", type=int, help="passes over the matching train pairs")
+    train.add_argument("--batch", type=int, help="matching pairs per step")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    train.add_argument("--force", action="store_true", help="retrain even when the run is up to date")
+    train.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    train.add_argument("--json", action="store_true", help="print the training log as JSON")
+    train.set_defaults(func=_cmd_train)
+
+    export = sub.add_parser("export", help="export a trained run as a validated fp32 ONNX bundle (build extra)")
+    export.add_argument("--preset", default="multilingual", help="preset of the run (default multilingual)")
+    export.add_argument("--run", help="run directory (default: CACHE/runs/PRESET)")
+    export.add_argument("--out", help="bundle directory (default: CACHE/bundles/PRESET-fp32)")
+    export.add_argument("--force", action="store_true", help="export again even when up to date")
+    export.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    export.set_defaults(func=_cmd_export)
+
+    info = sub.add_parser("info", help="print a bundle's manifest (files verified)")
+    info.add_argument("bundle", help="bundle directory")
+    info.add_argument("--json", action="store_true", help="the manifest as JSON")
+    info.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the files")
+    info.set_defaults(func=_cmd_info)
     return parser
 
 
@@ -79,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MissingDependencyError, UsageError) as exc:
         print(f"ticor: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TicorError as exc:
+        print(f"ticor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("ticor: interrupted", file=sys.stderr)
         return 130

@@ -40,7 +40,8 @@ def test_runtime_install_has_no_torch_or_build_packages(runtime_env: Path) -> No
 
 def test_runtime_imports_and_answers(runtime_env: Path) -> None:
     python = runtime_env / "bin" / "python"
-    code = "import sys, ticor; ticor.require_onnxruntime(); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = ("import sys, ticor, ticor.bundle, ticor.metrics, ticor.preprocess; ticor.require_onnxruntime(); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True, cwd="/")
     assert out.stdout.strip() == "[]"
     version = subprocess.run(
@@ -58,6 +59,16 @@ def test_build_command_without_the_extra_says_what_to_install(runtime_env: Path,
     assert "pip install 'ticor[cpu,build]'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_train_without_the_extra_says_what_to_install(runtime_env: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(runtime_env / "bin" / "ticor"), "train", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "pip install 'ticor[cpu,build]'" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(
