@@ -432,9 +432,16 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
         f = _lr_factor(step, total, cfg.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
-        loss, parts = _loss(model, batches, tf, imf, step, cfg.temperature)
-        opt.zero_grad()
-        loss.backward()
+        try:
+            loss, parts = _loss(model, batches, tf, imf, step, cfg.temperature)
+            opt.zero_grad()
+            loss.backward()
+        except KeyboardInterrupt:  # weights are still those after `step` steps: keep them
+            _save_checkpoint(ckpt_path, model, opt, step, key, elapsed_before + time.monotonic() - t_train,
+                             progress, best)
+            _say(quiet, f"\nticor train: interrupted; checkpoint at step {step} in {ckpt_path}, "
+                        "run the same command to resume")
+            raise
         opt.step()
         step += 1
         last = parts

@@ -56,7 +56,12 @@ def test_second_train_reuses_the_run(run_dir: Path) -> None:
     assert (run_dir / "trained.safetensors").stat().st_mtime_ns == before
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("stop", "resumes_at"),
+    [(KeyboardInterrupt, [5]),  # Ctrl-C: the finished steps are checkpointed on the way out
+     (SystemError, [4, 5])],  # a crash: the periodic checkpoint (every 2 steps here) is what is left
+)
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path, monkeypatch, stop, resumes_at) -> None:
     from safetensors.torch import load_file
 
     from ticor.export import train as tr
@@ -70,18 +75,18 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path, monkey
 
     def dying_loss(model, batches, tf, imf, step, temperature):
         if step == 5:
-            raise KeyboardInterrupt
+            raise stop
         return real_loss(model, batches, tf, imf, step, temperature)
 
     monkeypatch.setattr(tr, "_loss", dying_loss)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(stop):
         tr.train(FIXTURE_DATA, resumed, cfg, quiet=True)
     assert (resumed / "checkpoint.safetensors").is_file()
     assert not (resumed / "trained.safetensors").exists()
     seen = []
     monkeypatch.setattr(tr, "_loss", lambda *a: seen.append(a[4]) or real_loss(*a))
     tr.train(FIXTURE_DATA, resumed, cfg, quiet=True)
-    assert seen == [4, 5]  # resumed after the checkpoint at step 4, not from 0
+    assert seen == resumes_at  # not from 0
     a = load_file(str(straight / "trained.safetensors"))
     b = load_file(str(resumed / "trained.safetensors"))
     assert a.keys() == b.keys()
