@@ -105,6 +105,8 @@ def test_export_writes_a_complete_verified_bundle(bundle: Path) -> None:
     assert d["graphs"]["text"]["inputs"][0]["shape"] == ["batch", "sequence"]
     assert d["image"]["spec"]["size"] == 128 and d["image"]["spec"]["background"] == [255, 255, 255]
     assert d["text"]["spec"]["prefix"] == "query: "
+    assert d["architecture"] == {"text_layers": 12, "text_hidden_size": 384, "text_num_heads": 12,
+                                 "image_encoder": "mobilenet_v2"}
     assert d["data"]["dataset_sha256"] == json.loads((FIXTURE_DATA / "manifest.json").read_text())[
         "dataset_sha256"]
     for part, diff in d["validation"]["max_abs_diff"].items():
