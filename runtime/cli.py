@@ -57,6 +57,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return run_export(args)
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from ticor._deps import require_modules, require_onnxruntime
+
+    require_modules("ticor quantize", ["onnx", "PIL", "numpy"])
+    require_onnxruntime()
+    from ticor.quantization.cli import run_quantize
+
+    return run_quantize(args)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -124,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="export again even when up to date")
     export.add_argument("--quiet", action="store_true", help="no progress on stderr")
     export.set_defaults(func=_cmd_export)
+
+    quant = sub.add_parser("quantize", help="make an int8 (CPU) or fp16 (GPU) bundle behind an accuracy gate")
+    quant.add_argument("bundle", help="the fp32 bundle directory")
+    quant.add_argument("--precision", choices=["int8", "fp16"], default="int8")
+    quant.add_argument("--data", help="the dataset the bundle was trained on (default: CACHE/dataset/full)")
+    quant.add_argument("--out", help="output bundle (default: next to the fp32 one, PRESET-PRECISION)")
+    quant.add_argument("--calibration", type=int, default=256, help="train pictures for int8 calibration")
+    quant.add_argument("--methods", default="minmax,entropy,percentile",
+                       help="int8 calibration methods to compare (comma-separated)")
+    quant.add_argument("--force", action="store_true", help="quantize again even when up to date")
+    quant.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    quant.set_defaults(func=_cmd_quantize)
 
     info = sub.add_parser("info", help="print a bundle's manifest (files verified)")
     info.add_argument("bundle", help="bundle directory")
