@@ -25,8 +25,9 @@ class Dataset:
     pairs: dict[str, list[dict]]
     positives: dict[str, set[str]]  # norm_text(text) -> every picture path it matches
 
-    def matches(self, text: str, image: str) -> bool:
-        return image in self.positives.get(norm_text(text), ())
+    def positives_of(self, text: str) -> set[str]:
+        """Every picture that ``text`` matches (the same rule the dataset builder labels with)."""
+        return self.positives.get(norm_text(text), set())
 
     def texts(self) -> list[str]:
         return sorted({p["text"] for rows in self.pairs.values() for p in rows})

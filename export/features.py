@@ -67,7 +67,7 @@ def _load_cached(path: Path, key: str) -> dict[str, torch.Tensor] | None:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("key") != key:
             return None
-        return {"meta": meta, **load_file(path)}
+        return load_file(path)
     except (OSError, ValueError, json.JSONDecodeError):
         return None
 
@@ -94,9 +94,7 @@ def text_features(branch, tokenizer_path: Path, spec, texts: list[str], cache: P
         return TextFeatures(texts, {t: i for i, t in enumerate(texts)}, hit["hidden"], hit["offsets"],
                             hit["pooled"])
     tok = load_tokenizer(tokenizer_path, spec)
-    tok.no_padding()
-    lengths = [len(e.ids) for e in tok.encode_batch([spec.prefix + t for t in texts])]
-    tok = load_tokenizer(tokenizer_path, spec)
+    lengths = [sum(e.attention_mask) for e in tok.encode_batch([spec.prefix + t for t in texts])]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])  # little padding per batch
     per_text: list[torch.Tensor | None] = [None] * len(texts)
     pooled = torch.zeros(len(texts), branch.bert.config.hidden_size)

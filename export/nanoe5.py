@@ -31,6 +31,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel
 
+from ticor.export.model import masked_mean
+
 MAGIC = b"E5S1"
 QK = 32
 _Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
@@ -207,6 +209,4 @@ def embed(
     ids = torch.tensor([e.ids for e in encs], dtype=torch.long)
     mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)
     hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    return torch.nn.functional.normalize(masked_mean(hidden, mask), dim=-1)

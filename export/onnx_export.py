@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from ticor import __version__
+from ticor._console import say
 from ticor._files import sha256_file
 from ticor.bundle import (
     GRAPH_FILES,
@@ -40,7 +40,7 @@ from ticor.bundle import (
 from ticor.errors import TicorError, UsageError
 from ticor.export.data import Dataset, load_dataset
 from ticor.export.model import PRESETS, Matcher, load_backbones
-from ticor.export.train import LOG_FILE, TRAINED_FILE, load_trained, rank_matrix, retrieval_truth
+from ticor.export.train import LOG_FILE, TRAINED_FILE, load_trained, pair_scores, rank_matrix, retrieval_truth
 from ticor.metrics import evaluate
 from ticor.paths import cache_dir
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
@@ -55,20 +55,6 @@ class ExportValidationError(TicorError):
 
 def default_bundle_dir(preset: str, precision: str = "fp32") -> Path:
     return cache_dir() / "bundles" / f"{preset}-{precision}"
-
-
-def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
-class _Head(torch.nn.Module):
-    def __init__(self, head: torch.nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, text_embedding: torch.Tensor, image_embedding: torch.Tensor) -> torch.Tensor:
-        return self.head(text_embedding, image_embedding)
 
 
 def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -157,10 +143,7 @@ def onnx_split_scores(folder: Path, ds: Dataset, split: str, text_spec, image_sp
     def head(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return sess["head"].run([HEAD_OUTPUT], {HEAD_INPUTS[0]: a, HEAD_INPUTS[1]: b})[0]
 
-    ti = {t: i for i, t in enumerate(texts)}
-    ii = {p: i for i, p in enumerate(images)}
-    rows = ds.pairs[split]
-    scores = head(tv[[ti[r["text"]] for r in rows]], iv[[ii[r["image"]] for r in rows]])
+    scores = pair_scores(head, ds.pairs[split], texts, tv, images, iv)
     rank = (rank_matrix(head, tv, iv, chunk=64), retrieval_truth(ds, texts, images)) if with_rank else None
     return scores, rank
 
@@ -193,10 +176,10 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
         try:
             m = read_manifest(out)
             if m.data.get("source", {}).get("trained_sha256") == trained_sha:
-                _say(quiet, f"ticor export: {out} is up to date")
+                say(quiet, f"ticor export: {out} is up to date")
                 return out
         except BundleError as exc:
-            _say(quiet, f"ticor export: rebuilding {out} ({exc})")
+            say(quiet, f"ticor export: rebuilding {out} ({exc})")
     preset = PRESETS[log["preset"]]
     ds = load_dataset(Path(log["dataset"]["path"]))
     if ds.sha256 != log["dataset"]["dataset_sha256"]:
@@ -209,7 +192,7 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        _say(quiet, f"ticor export: writing ONNX graphs (opset {OPSET}) into {work}")
+        say(quiet, f"ticor export: writing ONNX graphs (opset {OPSET}) into {work}")
         ids = torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]])
         mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
         size = preset.image_spec.size
@@ -219,12 +202,12 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
         _export(model.image, (torch.zeros(2, 3, size, size),), work / GRAPH_FILES["image"], [IMAGE_INPUT],
                 [IMAGE_OUTPUT], {IMAGE_INPUT: {0: "batch"}, IMAGE_OUTPUT: {0: "batch"}})
         emb = torch.nn.functional.normalize(torch.ones(2, preset.embed_dim), dim=-1)
-        _export(_Head(model.head), (emb, emb), work / GRAPH_FILES["head"], list(HEAD_INPUTS), [HEAD_OUTPUT],
+        _export(model.head, (emb, emb), work / GRAPH_FILES["head"], list(HEAD_INPUTS), [HEAD_OUTPUT],
                 {HEAD_INPUTS[0]: {0: "batch"}, HEAD_INPUTS[1]: {0: "batch"}, HEAD_OUTPUT: {0: "batch"}})
         shutil.copyfile(backbones.tokenizer, work / TOKENIZER)
-        _say(quiet, "ticor export: validating every graph against torch on real inputs")
+        say(quiet, "ticor export: validating every graph against torch on real inputs")
         validation = validate(model, work, ds, work / TOKENIZER)
-        _say(quiet, "ticor export: scoring the val and test splits with the exported graphs")
+        say(quiet, "ticor export: scoring the val and test splits with the exported graphs")
         args = (preset.text_spec, preset.image_spec, work / TOKENIZER)
         val_scores, _ = onnx_split_scores(work, ds, "val", *args, with_rank=False)
         test_scores, rank = onnx_split_scores(work, ds, "test", *args, with_rank=True)
@@ -270,5 +253,5 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
     finally:
         if work.exists():
             shutil.rmtree(work)
-    _say(quiet, f"ticor export: bundle written to {out}")
+    say(quiet, f"ticor export: bundle written to {out}")
     return out

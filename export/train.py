@@ -15,8 +15,9 @@ Recipe (each part measured, see the README):
   once, at the end, together with the article's baseline design trained on the same frozen
   features.
 
-A checkpoint (safetensors: trainable weights, optimiser moments, step) is written every
-``checkpoint_every`` steps; a killed run resumes from it with the same batch order.
+A checkpoint (safetensors: trainable weights, optimiser moments, step, validation history)
+is written every ``checkpoint_every`` steps and on Ctrl-C; an interrupted run resumes from it
+with the same batch order and dropout masks.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ticor import __version__
-from ticor.dataset.catalog import norm_text
+from ticor._console import say
+from ticor._files import sha256_file
 from ticor.errors import UsageError
 from ticor.export.data import Dataset, load_dataset
 from ticor.export.features import ImageFeatures, TextFeatures, image_features, text_features
@@ -75,11 +77,6 @@ def default_run_dir(preset: str) -> Path:
     return cache_dir() / "runs" / preset
 
 
-def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- batches
 
 
@@ -103,8 +100,7 @@ class Batches:
         self.match_sets: dict[int, set[int]] = {}
         for t, _ in self.pos:
             if t not in self.match_sets:
-                keys = ds.positives.get(norm_text(tf.texts[t]), set())
-                self.match_sets[t] = {imf.index[p] for p in keys if p in imf.index}
+                self.match_sets[t] = {imf.index[p] for p in ds.positives_of(tf.texts[t]) if p in imf.index}
         if len(self.pos) < 2:
             raise UsageError("the train split needs at least two matching pairs")
         self.batch = min(batch, len(self.pos))
@@ -172,8 +168,9 @@ def _loss(model: Matcher, batches: Batches, tf: TextFeatures, imf: ImageFeatures
         while images[j] in batches.match_sets[texts[i]] and j != i:
             j = (j + 1) % b
         rand_cols.append(j)
+    # j == i only when every picture in the batch matches text i: no random negative then
+    rand_ok = torch.tensor([images[j] not in batches.match_sets[texts[i]] for i, j in enumerate(rand_cols)])
     logits_pos = model.head.logit(t, v[target])
-    rand_ok = torch.tensor([images[rand_cols[i]] not in batches.match_sets[texts[i]] for i in range(b)])
     logits_rand = model.head.logit(t, v[target[rand_cols]])
     bce = nn.functional.binary_cross_entropy_with_logits
     loss_head = bce(logits_pos, torch.ones(b))
@@ -210,9 +207,22 @@ def _optimizer(model: Matcher, cfg: TrainConfig) -> torch.optim.AdamW:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def trainable_state(model: Matcher) -> dict[str, torch.Tensor]:
+def _trainable_names(model: Matcher) -> list[str]:
     wanted = {id(p) for p in model.trainable_parameters()}
-    return {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in wanted}
+    return [n for n, p in model.named_parameters() if id(p) in wanted]
+
+
+def trainable_state(model: Matcher) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().clone() for n in _trainable_names(model)}
+
+
+def _assign(model: Matcher, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy named tensors into the model's parameters, in place."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in tensors.items():
+            params[n].copy_(v)
 
 
 def _save_checkpoint(path: Path, model: Matcher, opt: torch.optim.Optimizer, step: int, key: str,
@@ -245,14 +255,11 @@ def _load_checkpoint(path: Path, model: Matcher, opt: torch.optim.Optimizer, key
         return 0, 0.0, {}, None
     tensors = load_file(str(path))
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in tensors.items():
-            if k.startswith("model."):
-                params[k[len("model."):]].copy_(v)
+    _assign(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
-            n = next(name for name, q in params.items() if q is p)
+            n = names[id(p)]
             if f"opt.{n}.exp_avg" in tensors:
                 opt.state[p] = {"exp_avg": tensors[f"opt.{n}.exp_avg"].clone(),
                                 "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].clone(),
@@ -263,15 +270,12 @@ def _load_checkpoint(path: Path, model: Matcher, opt: torch.optim.Optimizer, key
 def load_trained(model: Matcher, path: Path) -> None:
     """Overlay the trained weights (``trained.safetensors``) on the pretrained backbones."""
     tensors = load_file(str(path))
-    params = dict(model.named_parameters())
-    missing = {n for n in (dict(trainable_state(model)))} - set(tensors)
-    unknown = set(tensors) - set(params)
+    missing = set(_trainable_names(model)) - set(tensors)
+    unknown = set(tensors) - set(dict(model.named_parameters()))
     if missing or unknown:
         raise UsageError(f"{path} does not fit this preset (missing {sorted(missing)[:3]}, "
                          f"unknown {sorted(unknown)[:3]})")
-    with torch.no_grad():
-        for n, v in tensors.items():
-            params[n].copy_(v)
+    _assign(model, tensors)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -312,7 +316,7 @@ def rank_matrix(head_fn, tv: np.ndarray, iv: np.ndarray, chunk: int = 32) -> np.
 
 def retrieval_truth(ds: Dataset, texts: list[str], images: list[str]) -> list[set[int]]:
     ii = {p: i for i, p in enumerate(images)}
-    return [{ii[p] for p in ds.positives.get(norm_text(t), ()) if p in ii} for t in texts]
+    return [{ii[p] for p in ds.positives_of(t) if p in ii} for t in texts]
 
 
 def torch_head(model: Matcher):
@@ -384,7 +388,6 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
     if cfg.preset not in PRESETS:
         raise UsageError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
     preset: Preset = PRESETS[cfg.preset]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t_start = time.monotonic()
     ds = load_dataset(dataset_dir)
     backbones = load_backbones(preset)
@@ -393,8 +396,8 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
     log_path, trained_path, ckpt_path = run_dir / LOG_FILE, run_dir / TRAINED_FILE, run_dir / CHECKPOINT_FILE
     if not force and log_path.is_file() and trained_path.is_file():
         log = json.loads(log_path.read_text(encoding="utf-8"))
-        if log.get("key") == key and log.get("trained_sha256") == _sha(trained_path):
-            _say(quiet, f"ticor train: {run_dir} is up to date (same data, weights and settings)")
+        if log.get("key") == key and log.get("trained_sha256") == sha256_file(trained_path):
+            say(quiet, f"ticor train: {run_dir} is up to date (same data, weights and settings)")
             return log
     if force and ckpt_path.exists():
         ckpt_path.unlink()
@@ -402,7 +405,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
     torch.manual_seed(cfg.seed)  # the new projections and head start the same every run
     model = Matcher(preset, backbones.bert, backbones.cnn)
     feat_dir = cache_dir() / "features"
-    _say(quiet, f"ticor train: preset {preset.name} ({preset.description}); caching frozen trunk outputs")
+    say(quiet, f"ticor train: preset {preset.name} ({preset.description}); caching frozen trunk outputs")
     t0 = time.monotonic()
     tf = text_features(model.text, Path(backbones.tokenizer), preset.text_spec, ds.texts(), feat_dir,
                        backbones.text_weights_id, quiet=quiet)
@@ -422,7 +425,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
         step, elapsed_before, saved, best = _load_checkpoint(ckpt_path, model, opt, key)
         if step:
             progress = saved or progress
-            _say(quiet, f"ticor train: resuming at step {step}/{total} from {ckpt_path}")
+            say(quiet, f"ticor train: resuming at step {step}/{total} from {ckpt_path}")
     eval_every = max(1, batches.steps_per_epoch // max(1, cfg.evals_per_epoch))
     t_train = time.monotonic()
     model.train()
@@ -439,7 +442,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
         except KeyboardInterrupt:  # weights are still those after `step` steps: keep them
             _save_checkpoint(ckpt_path, model, opt, step, key, elapsed_before + time.monotonic() - t_train,
                              progress, best)
-            _say(quiet, f"\nticor train: interrupted; checkpoint at step {step} in {ckpt_path}, "
+            say(quiet, f"\nticor train: interrupted; checkpoint at step {step} in {ckpt_path}, "
                         "run the same command to resume")
             raise
         opt.step()
@@ -459,7 +462,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
                 progress["best_auc"], progress["best_step"] = auc, step
                 best = trainable_state(model)
             model.train()
-            _say(quiet, f"\n  step {step}: val ROC-AUC {auc:.4f} (best {progress['best_auc']:.4f} at step "
+            say(quiet, f"\n  step {step}: val ROC-AUC {auc:.4f} (best {progress['best_auc']:.4f} at step "
                         f"{progress['best_step']})")
         if step % cfg.checkpoint_every == 0 and step < total:
             _save_checkpoint(ckpt_path, model, opt, step, key, elapsed_before + time.monotonic() - t_train,
@@ -469,10 +472,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
     train_seconds = elapsed_before + time.monotonic() - t_train
 
     if best is not None:  # the point with the best val ROC-AUC
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, v in best.items():
-                params[n].copy_(v)
+        _assign(model, best)
     model.eval()
     val_rows, val_scores, _ = score_split(model, ds, tf, imf, "val")
     threshold = best_threshold(np.array([r["label"] for r in val_rows]), val_scores)
@@ -491,7 +491,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
         "dataset": {"path": str(ds.root), "dataset_sha256": ds.sha256,
                     "pairs": {s: len(r) for s, r in ds.pairs.items()}},
         "base_weights": list(backbones.sources),
-        "trained_sha256": _sha(trained_path),
+        "trained_sha256": sha256_file(trained_path),
         "steps": total,
         "epochs": total / max(1, batches.steps_per_epoch),
         "final_losses": last,
@@ -518,11 +518,5 @@ def report(log: dict[str, Any]) -> str:
             ("article baseline (frozen concat)", log["baseline_test"])]
     s = log["seconds"]
     return (table(rows) + f"\nthreshold {log['threshold']:.4f} (max F1 on val); {log['steps']} steps, "
-            f"{log['epochs']:.2f} epochs, kept step {log['kept_step']} (best val ROC-AUC); features {s['features']} s, training {s['train']} s, "
-            f"total {s['total']} s")
-
-
-def _sha(path: Path) -> str:
-    from ticor._files import sha256_file
-
-    return sha256_file(path)
+            f"{log['epochs']:.2f} epochs, kept step {log['kept_step']} (best val ROC-AUC); "
+            f"features {s['features']} s, training {s['train']} s, total {s['total']} s")
