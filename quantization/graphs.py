@@ -70,23 +70,29 @@ class _Reader:
         return next(self._batches, None)
 
 
-def quantize_image(src: Path, dst: Path, calibration: list[np.ndarray], method: str = "minmax") -> None:
-    """Static QDQ int8 image graph (per-channel weights) calibrated on ``calibration`` pictures."""
+def quantize_image(src: Path, outputs: dict[str, Path], calibration: list[np.ndarray]) -> None:
+    """Static QDQ int8 image graphs (per-channel weights), one per calibration method in ``outputs``.
+
+    The graph is pre-processed (shape inference, folding) once; each method then calibrates
+    on the same ``calibration`` pictures.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
-        raise UsageError(f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}")
+    unknown = sorted(set(outputs) - set(methods))
+    if unknown:
+        raise UsageError(f"unknown calibration method {unknown[0]!r}; known: {', '.join(CALIBRATION_METHODS)}")
     if not calibration:
         raise UsageError("static quantization needs calibration pictures")
     with tempfile.TemporaryDirectory() as tmp, _hushed():
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre))
-        quantize_static(str(pre), str(dst), _Reader(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+        for method, dst in outputs.items():
+            quantize_static(str(pre), str(dst), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method])
 
 
 def to_fp16(src: Path, dst: Path) -> None:

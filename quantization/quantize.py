@@ -17,7 +17,6 @@ import hashlib
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ticor import __version__
+from ticor._console import say
 from ticor._files import sha256_file
 from ticor.bundle import (
     GRAPH_FILES,
@@ -42,7 +42,7 @@ from ticor.bundle import (
 from ticor.errors import TicorError, UsageError
 from ticor.metrics import at_threshold, best_threshold, evaluate, roc_auc
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
-from ticor.quantization.graphs import CALIBRATION_METHODS, quantize_image, quantize_text
+from ticor.quantization.graphs import CALIBRATION_METHODS, quantize_image, quantize_text, to_fp16
 
 MAX_F1_DROP = 0.005  # absolute F1 (0.5 points)
 MIN_AGREEMENT = 0.99
@@ -60,11 +60,6 @@ class Variant:
 
     def label(self, names: dict[str, str]) -> str:
         return f"text {names[self.text]} + image {names[self.image]} + head {names[self.head]}"
-
-
-def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _assemble(work: Path, variant: Variant, tokenizer: Path) -> Path:
@@ -85,7 +80,7 @@ def calibration_set(ds, count: int) -> list[str]:
     return images[::step][:count]
 
 
-def _latency(path: Path, feeds: dict[str, np.ndarray], rounds: int = 5, runs: int = 20) -> float:
+def _latency(path: Path, feeds: dict[str, np.ndarray], runs: int = 100) -> float:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -95,7 +90,7 @@ def _latency(path: Path, feeds: dict[str, np.ndarray], rounds: int = 5, runs: in
     for _ in range(5):
         s.run(None, feeds)
     times = []
-    for _ in range(rounds * runs):
+    for _ in range(runs):
         t0 = time.perf_counter()
         s.run(None, feeds)
         times.append((time.perf_counter() - t0) * 1e3)
@@ -107,7 +102,6 @@ def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibrat
              force: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Write (or reuse) the quantized bundle ``out``; returns its manifest data."""
     from ticor.export.data import load_dataset
-    from ticor.export.onnx_export import onnx_split_scores
 
     if precision not in ("int8", "fp16"):
         raise UsageError(f"precision must be int8 or fp16, not {precision!r}")
@@ -121,38 +115,38 @@ def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibrat
         try:
             done = read_manifest(out)
             if done.data.get("quantization", {}).get("source_model_version") == m.data["model_version"]:
-                _say(quiet, f"ticor quantize: {out} is up to date")
+                say(quiet, f"ticor quantize: {out} is up to date")
                 return done.data
         except BundleError as exc:
-            _say(quiet, f"ticor quantize: rebuilding {out} ({exc})")
+            say(quiet, f"ticor quantize: rebuilding {out} ({exc})")
     ds = load_dataset(data)
     if ds.sha256 != m.data["data"]["dataset_sha256"]:
         raise UsageError(f"{data} is not the dataset {src} was trained on (dataset_sha256 differs)")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        return _run(m, src, out, work, ds, precision, calibration, methods, calibration_override, quiet,
-                    onnx_split_scores)
+        return _run(m, src, out, work, ds, precision, calibration, methods, calibration_override, quiet)
     finally:
         if work.exists():
             shutil.rmtree(work)
 
 
 def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, calibration: int,
-         methods: tuple[str, ...], calibration_override: list[str] | None, quiet: bool, split_scores
-         ) -> dict[str, Any]:
+         methods: tuple[str, ...], calibration_override: list[str] | None, quiet: bool) -> dict[str, Any]:
+    from ticor.export.onnx_export import onnx_split_scores as split_scores
+
     t_start = time.monotonic()
     arch = m.data.get("architecture")
     if not arch:
         raise UsageError(f"{src} was exported before bundles recorded their architecture; export it again")
     tok = src / TOKENIZER
-    for part, f in GRAPH_FILES.items():
-        shutil.copyfile(src / f, work / f"{part}.fp32.onnx")
+    for part, f in GRAPH_FILES.items():  # the fp32 graphs as they are, under uniform names
+        (work / f"{part}.fp32.onnx").symlink_to((src / f).resolve())
     names = {f"{p}.fp32.onnx": "fp32" for p in GRAPH_FILES}
     recipe: dict[str, Any] = {}
     calib_info: dict[str, Any] | None = None
     if precision == "int8":
-        _say(quiet, "ticor quantize: text branch -> fused, dynamic int8 per-channel (embedding table included)")
+        say(quiet, "ticor quantize: text branch -> fused, dynamic int8 per-channel (embedding table included)")
         quantize_text(work / "text.fp32.onnx", work / "text.int8.onnx", arch["text_num_heads"],
                       arch["text_hidden_size"])
         names["text.int8.onnx"] = "int8"
@@ -161,19 +155,17 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
         arrays = [load_image(root / p, m.image_spec) for p in pictures]
         calib_info = {"split": "train", "pictures": len(pictures),
                       "sha256": hashlib.sha256("\n".join(pictures).encode()).hexdigest()}
-        for meth in methods:
-            _say(quiet, f"ticor quantize: image branch -> static QDQ int8 per-channel, {meth} calibration "
-                        f"on {len(arrays)} train pictures")
-            quantize_image(work / "image.fp32.onnx", work / f"image.int8-{meth}.onnx", arrays, meth)
-            names[f"image.int8-{meth}.onnx"] = f"int8 ({meth})"
+        say(quiet, f"ticor quantize: image branch -> static QDQ int8 per-channel, {', '.join(methods)} "
+                   f"calibration on {len(arrays)} train pictures")
+        quantize_image(work / "image.fp32.onnx", {meth: work / f"image.int8-{meth}.onnx" for meth in methods},
+                       arrays)
+        names.update({f"image.int8-{meth}.onnx": f"int8 ({meth})" for meth in methods})
         recipe = {"text": ("onnxruntime BERT fusions without the embedding fusion, then dynamic int8 "
                            "per-channel (MatMul, Gather, Attention)"),
                   "image": "quant_pre_process, then static QDQ int8 per-channel weights, uint8 activations",
                   "head": "fp32 (70 kB; nothing to gain)"}
         quant_text, quant_images = "text.int8.onnx", [f"image.int8-{x}.onnx" for x in methods]
     else:
-        from ticor.quantization.graphs import to_fp16
-
         for part in GRAPH_FILES:
             to_fp16(work / f"{part}.fp32.onnx", work / f"{part}.fp16.onnx")
             names[f"{part}.fp16.onnx"] = "fp16"
@@ -198,7 +190,7 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
                  {IMAGE_INPUT: picture} if part == "image" else {HEAD_INPUTS[0]: emb, HEAD_INPUTS[1]: emb})
         latency[f] = _latency(work / f, feeds)
     for v in candidates:
-        _say(quiet, f"ticor quantize: scoring val with {v.label(names)}")
+        say(quiet, f"ticor quantize: scoring val with {v.label(names)}")
         scores, _ = split_scores(_assemble(work, v, tok), ds, "val", m.text_spec, m.image_spec, tok, False)
         thr = best_threshold(val_y, scores)
         table.append({"variant": v.label(names), "files": [v.text, v.image, v.head],
@@ -208,7 +200,7 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
                       "bytes": sum((work / f).stat().st_size for f in (v.text, v.image, v.head))})
     full = [row for row in table if row["files"][0] == quant_text and row["files"][1] in quant_images]
     chosen = max(full, key=lambda r: (r["val_f1"], r["val_roc_auc"]))
-    _say(quiet, "\n" + format_table(table, chosen))
+    say(quiet, "\n" + format_table(table, chosen))
 
     # the gate, on test
     test_rows = ds.pairs["test"]
@@ -217,16 +209,17 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
     base_pred = base_scores >= m.threshold
     base_f1 = at_threshold(test_y, base_scores, m.threshold)["f1"]
 
-    def judge(row: dict) -> dict[str, Any]:
+    def judge(row: dict, with_rank: bool = False) -> dict[str, Any]:
         v = Variant(*row["files"])
-        scores, rank = split_scores(_assemble(work, v, tok), ds, "test", m.text_spec, m.image_spec, tok, True)
+        scores, rank = split_scores(_assemble(work, v, tok), ds, "test", m.text_spec, m.image_spec, tok,
+                                    with_rank)
         f1 = at_threshold(test_y, scores, row["threshold"])["f1"]
         agree = float(np.mean((scores >= row["threshold"]) == base_pred))
         return {"variant": row["variant"], "fp32_test_f1": base_f1, "test_f1": f1, "f1_change": f1 - base_f1,
                 "agreement": agree, "passed": bool(base_f1 - f1 <= MAX_F1_DROP and agree >= MIN_AGREEMENT),
                 "scores": scores, "rank": rank}
 
-    gate = judge(chosen)
+    gate = judge(chosen, with_rank=True)
     if not gate["passed"]:
         culprits = []
         for part, index in (("text", 0), ("image", 1)):  # each quantized branch alone, the other fp32
@@ -275,7 +268,7 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
     if out.exists():
         shutil.rmtree(out)
     final.rename(out)
-    _say(quiet, f"ticor quantize: gate passed ({gate_line(d)}); bundle written to {out}")
+    say(quiet, f"ticor quantize: gate passed ({gate_line(d)}); bundle written to {out}")
     return d
 
 

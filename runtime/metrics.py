@@ -20,18 +20,10 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     npos, nneg = int(labels.sum()), int((~labels).sum())
     if npos == 0 or nneg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    s = scores[order]
-    ranks = np.empty(len(s), dtype=np.float64)
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[i : j + 1] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    r = np.empty_like(ranks)
-    r[order] = ranks
+    # 1-based ranks, tied scores sharing the average rank of their run
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    r = ((ends - counts + 1 + ends) / 2.0)[inverse]
     return float((r[labels].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))
 
 
