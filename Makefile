@@ -1,5 +1,5 @@
 # Two entry points on a fresh clone:
-#   make run   - set up .venv, build what is missing (dataset, trained model, fp32 bundle), print metrics
+#   make run   - set up .venv, build what is missing (dataset, trained model, fp32 and int8 bundles), print metrics
 #   make test  - set up .venv, fetch the pinned data sources, run the whole test suite
 # Downloads and built data live in $TICOR_CACHE (default ~/.cache/ticor), never in the repo.
 
@@ -22,7 +22,7 @@ PRESET ?= multilingual
 run: $(STAMP)
 	$(BIN)/ticor data build
 	$(BIN)/ticor train --preset $(PRESET)
-	$(BIN)/ticor info "$$($(BIN)/ticor export --preset $(PRESET))"
+	fp32="$$($(BIN)/ticor export --preset $(PRESET))" && $(BIN)/ticor info "$$fp32" && $(BIN)/ticor quantize "$$fp32"
 
 test: $(STAMP)
 	$(BIN)/ticor data fetch

@@ -21,7 +21,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else cache_dir() / "dataset" / "full"
     methods = tuple(x.strip() for x in args.methods.split(",") if x.strip())
     d = quantize(src, out, data, precision=args.precision, calibration=args.calibration, methods=methods,
-                 force=args.force, quiet=args.quiet)
+                 text=args.text, image=args.image, force=args.force, quiet=args.quiet)
     print(out)
     print(f"gate: {gate_line(d)}")
     return 0

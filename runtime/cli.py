@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--calibration", type=int, default=256, help="train pictures for int8 calibration")
     quant.add_argument("--methods", default="minmax,entropy,percentile",
                        help="int8 calibration methods to compare (comma-separated)")
+    quant.add_argument("--text", default="auto", metavar="GRAPH",
+                       help="text graph: auto (fastest that keeps the gate on val, else fp32), fp32, "
+                            "int8-dynamic, int8-weights, fp16")
+    quant.add_argument("--image", default="auto", metavar="GRAPH",
+                       help="image graph: auto, fp32, int8-minmax, int8-entropy, int8-percentile, fp16")
     quant.add_argument("--force", action="store_true", help="quantize again even when up to date")
     quant.add_argument("--quiet", action="store_true", help="no progress on stderr")
     quant.set_defaults(func=_cmd_quantize)

@@ -41,3 +41,13 @@ def fixture_data() -> Path:
     if not (FIXTURE_DATA / "manifest.json").exists():
         pytest.fail(f"the committed fixture is missing: {FIXTURE_DATA}")
     return FIXTURE_DATA
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real multilingual fp32 bundle: trained 12 steps on the committed fixture, exported, validated."""
+    root = tmp_path_factory.mktemp("q")
+    ticor("train", "--data", str(FIXTURE_DATA), "--out", str(root / "run"), "--max-steps", "12", "--batch", "16",
+          "--quiet")
+    ticor("export", "--run", str(root / "run"), "--out", str(root / "multilingual-fp32"), "--quiet")
+    return root / "multilingual-fp32"

@@ -1,11 +1,11 @@
 """``ticor quantize`` on the fixture bundle.
 
 fp16 goes through the gate and is written with float32 inputs and outputs; int8 builds and
-tables every calibration method and shrinks the bundle below 30%; and the gate fails on a
-deliberately broken variant (int8 calibrated on blank pictures), writing nothing. The same
-gate code passes fp16 here, so it can do both. (On the 30-pair fixture even a normally
-calibrated int8 image branch may miss the strict 99% agreement, so the int8 outcome is not
-asserted either way.)
+tables every candidate graph (two text recipes, three image calibrations) and shrinks the text
+graph below 30%; and the gate fails on a deliberately broken variant (the image branch forced to
+int8 calibrated on blank pictures), writing nothing. The same gate code passes fp16 here, so it
+can do both. (On the small fixture even a normally quantized branch may miss the strict 99%
+agreement, so the automatic int8 outcome is not asserted either way.)
 """
 
 from __future__ import annotations
@@ -20,22 +20,13 @@ from tests.conftest import FIXTURE_DATA, ticor
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def fp32_bundle(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("q")
-    ticor("train", "--data", str(FIXTURE_DATA), "--out", str(root / "run"), "--max-steps", "12", "--batch", "16",
-          "--quiet")
-    ticor("export", "--run", str(root / "run"), "--out", str(root / "multilingual-fp32"), "--quiet")
-    return root / "multilingual-fp32"
-
-
 def test_fp16_bundle_passes_the_gate_with_float32_io(fp32_bundle: Path) -> None:
     import onnx
 
     out = fp32_bundle.parent / "multilingual-fp16"
     r = ticor("quantize", str(fp32_bundle), "--precision", "fp16", "--data", str(FIXTURE_DATA), "--out", str(out),
-              "--quiet")
-    assert "gate: test F1 fp32" in r.stdout
+              "--text", "fp16", "--image", "fp16", "--quiet")
+    assert "gate: text fp16, image fp16" in r.stdout and "test F1 fp32" in r.stdout
     d = json.loads(ticor("info", str(out), "--json").stdout)
     q = d["quantization"]
     assert d["precision"] == "fp16" and q["gate"]["passed"] and q["gate"]["agreement"] >= 0.99
@@ -47,24 +38,44 @@ def test_fp16_bundle_passes_the_gate_with_float32_io(fp32_bundle: Path) -> None:
                    for i in model.graph.input)
         assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(out / "image.onnx")).graph.initializer)
-    again = ticor("quantize", str(fp32_bundle), "--precision", "fp16", "--data", str(FIXTURE_DATA), "--out", str(out))
+    again = ticor("quantize", str(fp32_bundle), "--precision", "fp16", "--data", str(FIXTURE_DATA), "--out", str(out),
+                  "--text", "fp16", "--image", "fp16")
     assert "up to date" in again.stderr
     twice = ticor("quantize", str(out), "--data", str(FIXTURE_DATA), "--out", str(out) + "-again", check=False)
     assert twice.returncode == 2 and "quantize the fp32 bundle" in twice.stderr
 
 
-def test_int8_tables_every_calibration_method_and_shrinks_the_bundle(fp32_bundle: Path) -> None:
+def test_int8_tables_every_candidate_and_shrinks_the_text_branch(fp32_bundle: Path) -> None:
     out = fp32_bundle.parent / "multilingual-int8"
     r = ticor("quantize", str(fp32_bundle), "--data", str(FIXTURE_DATA), "--out", str(out), check=False)
-    rows = {line[:58].strip(): line.split() for line in r.stderr.splitlines() if line.startswith("text ")}
-    for method in ("minmax", "entropy", "percentile"):
-        assert f"text int8 + image int8 ({method}) + head fp32" in rows
-    mb = {name: float(cols[-2] if cols[-1] == "*" else cols[-1]) for name, cols in rows.items()}
-    assert mb["text int8 + image int8 (minmax) + head fp32"] <= 0.30 * mb["text fp32 + image fp32 + head fp32"]
+    rows = {}
+    for line in r.stderr.splitlines():
+        cols = line.split()
+        if len(cols) >= 11 and cols[2] == "fp32" and cols[0] in ("fp32", "int8-dynamic", "int8-weights"):
+            rows[(cols[0], cols[1])] = cols
+    expected = {("fp32", "fp32"), ("int8-dynamic", "fp32"), ("int8-weights", "fp32"),
+                *(("fp32", f"int8-{m}") for m in ("minmax", "entropy", "percentile"))}
+    assert expected <= set(rows), r.stderr
+    mb = {k: float(v[10]) for k, v in rows.items()}
+    image_mb = mb[("fp32", "fp32")] - (fp32_bundle / "text.onnx").stat().st_size / 1e6
+    for recipe in ("int8-dynamic", "int8-weights"):  # the embedding table is quantized too
+        assert mb[(recipe, "fp32")] - image_mb <= 0.30 * (mb[("fp32", "fp32")] - image_mb)
     if r.returncode == 0:  # the 30-pair fixture may or may not keep 99% of decisions
-        assert json.loads((out / "manifest.json").read_text())["quantization"]["gate"]["passed"]
+        d = json.loads((out / "manifest.json").read_text())
+        q = d["quantization"]
+        assert q["gate"]["passed"] and q["gate"]["agreement"] >= 0.99
+        assert set(q["branches"]) == {"text", "image", "head"} and set(q["branches"].values()) != {"fp32"}
+        assert "gate: text " in r.stdout
     else:
-        assert r.returncode == 1 and "gate failed" in r.stderr and not out.exists()
+        assert r.returncode == 1 and ("gate failed" in r.stderr or "no branch keeps the gate" in r.stderr)
+        assert not out.exists()
+
+
+def test_forcing_an_unknown_graph_is_a_usage_error(fp32_bundle: Path, tmp_path: Path) -> None:
+    r = ticor("quantize", str(fp32_bundle), "--data", str(FIXTURE_DATA), "--out", str(tmp_path / "x"),
+              "--precision", "fp16", "--image", "int8-minmax", check=False)
+    assert r.returncode == 2 and "--image 'int8-minmax' is not one of this run's image graphs" in r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_gate_fails_on_blank_calibration_and_writes_nothing(fp32_bundle: Path, tmp_path: Path) -> None:
@@ -77,7 +88,7 @@ def test_gate_fails_on_blank_calibration_and_writes_nothing(fp32_bundle: Path, t
     out = tmp_path / "broken-int8"
     with pytest.raises(q.GateError, match="image branch"):
         q.quantize(fp32_bundle, out, FIXTURE_DATA, methods=("minmax",), calibration_override=[str(blank)] * 8,
-                   quiet=True)
+                   text="fp32", image="int8-minmax", quiet=True)
     assert not out.exists()
     assert not list(tmp_path.glob(".broken-int8-*"))
 
