@@ -12,8 +12,28 @@ from ticor.paths import cache_dir
 
 __version__ = "0.1.0"
 
+_LAZY = {"Matcher": "ticor.matcher", "Match": "ticor.matcher", "Ranked": "ticor.matcher",
+         "Ranking": "ticor.matcher", "InputError": "ticor.inputs", "BundleError": "ticor.bundle",
+         "ProviderError": "ticor.sessions"}
+
+
+def __getattr__(name: str):  # the runtime facade, imported on first use (keeps `ticor --version` instant)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ticor' has no attribute {name!r}")
+
+
 __all__ = [
+    "BundleError",
+    "InputError",
+    "Match",
+    "Matcher",
     "MissingDependencyError",
+    "ProviderError",
+    "Ranked",
+    "Ranking",
     "TicorError",
     "UsageError",
     "__version__",

@@ -121,6 +121,12 @@ def describe(m: Manifest, verified: bool) -> str:
         "",
         "files (size and sha256 verified)" if verified else "files (not verified)",
     ]
+    q = d.get("quantization")
+    if q and q.get("branches"):
+        g = q["gate"]
+        lines.insert(4, "branches    " + ", ".join(f"{p} {q['branches'][p]}" for p in GRAPH_FILES if p in q["branches"])
+                     + f"    gate: test F1 {g['fp32_test_f1']:.4f} (fp32) -> {g['test_f1']:.4f}, "
+                     f"{g['agreement']:.2%} of decisions as fp32")
     for name, f in sorted(d["files"].items()):
         lines.append(f"  {name:<16} {f['bytes'] / 1e6:9.2f} MB  {f['sha256'][:16]}…")
     lines.append(f"  {'total':<16} {sum(f['bytes'] for f in d['files'].values()) / 1e6:9.2f} MB")

@@ -74,11 +74,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ticor.bundle import describe, read_manifest
 
     m = read_manifest(Path(args.bundle), verify=not args.no_verify)
+    providers = _provider_report(m.precision)
     if args.json:
-        print(json.dumps(m.data, indent=2, sort_keys=True, ensure_ascii=False))
+        print(json.dumps(dict(m.data, runtime_providers=providers), indent=2, sort_keys=True, ensure_ascii=False))
     else:
         print(describe(m, verified=not args.no_verify))
+        print(f"\nproviders   available here: {', '.join(providers['available']) or 'none'}")
+        print(f"            this bundle with providers=auto: {', '.join(providers['auto'])} ({providers['why']})")
     return EXIT_OK
+
+
+def _provider_report(precision: str) -> dict:
+    from ticor._deps import onnxruntime_status
+    from ticor.sessions import available_providers, resolve_providers
+
+    if not onnxruntime_status().ok:
+        return {"available": [], "auto": [], "why": "onnxruntime is not installed correctly (ticor --version)"}
+    auto, why = resolve_providers("auto", precision)
+    return {"available": available_providers(), "auto": auto, "why": why}
 
 
 def build_parser() -> argparse.ArgumentParser:

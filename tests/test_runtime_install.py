@@ -95,3 +95,31 @@ def test_every_extra_combination_resolves_to_exactly_one_onnxruntime(
         assert torch["metadata"]["version"].startswith("2.13.0")
     else:
         assert "torch" not in names and "transformers" not in names
+
+
+def test_runtime_scores_a_real_bundle_without_torch(runtime_env: Path, fp32_bundle: Path) -> None:
+    """Load, score, rank and check preprocessing parity in the runtime-only install."""
+    code = f"""
+import json, sys
+from pathlib import Path
+import numpy as np
+import ticor
+from ticor.preprocess import encode_texts, load_image
+repo = Path({str(REPO)!r})
+m = ticor.Matcher.load({str(fp32_bundle)!r}, providers="cpu")
+pics = sorted((repo / "tests/fixtures/data/images").glob("*/*.png"))[:6]
+r = m.score_batch([("a red apple", p) for p in pics] + [("x", repo / "missing.png")])
+assert [x.status for x in r] == ["ok"] * 6 + ["missing"], r
+assert len(m.rank("a cat", pics, k=3).hits) == 3
+ref = np.load(repo / "tests/fixtures/parity/reference.npz")
+meta = json.loads((repo / "tests/fixtures/parity/reference.json").read_text(encoding="utf-8"))
+for name, rel in meta["pictures"].items():
+    np.testing.assert_allclose(load_image(repo / rel, m.manifest.image_spec), ref["pixels/" + name], atol=1e-6)
+ids, mask = encode_texts(m._tok, meta["texts"], m.manifest.text_spec)
+assert (ids == ref["input_ids"]).all() and (mask == ref["attention_mask"]).all()
+print(sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "transformers", "onnx")))
+"""
+    out = subprocess.run([str(runtime_env / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                         cwd="/", check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

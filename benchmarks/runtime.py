@@ -1,0 +1,142 @@
+"""Runtime figures of a bundle: cold start, peak RSS, batch-1 latency against the graphs alone,
+and throughput with cached embeddings.
+
+    python -m ticor.benchmarks.runtime [BUNDLE ...] [--data DIR] [--runs N] [--json FILE]
+
+- **Cold start**: a fresh process, from before ``import ticor`` to the first score's result
+  (``Matcher.load`` verifies every file's sha256 first), median of ``--runs`` processes; with
+  the peak RSS of a process that then scores 200 fresh pairs.
+- **Batch-1 latency** of a fresh pair (file read + decode + preprocess + tokenize + both
+  branches + head, no embedding cache) next to the sum of the three graphs' own latencies on
+  the same, already prepared inputs; both interleaved in one loop, medians.
+- **Cached throughput**: pairs/s of ``Matcher.head`` on cached embeddings, and of
+  ``score_batch`` end to end when every text and picture is in the embedding cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ticor.bundle import IMAGE_INPUT, TEXT_INPUTS
+from ticor.paths import cache_dir
+
+_COLD = """
+import time
+t0 = time.perf_counter()
+import ticor, sys, json
+m = ticor.Matcher.load(sys.argv[1], providers="cpu", memory_arena=sys.argv[5] == "1")
+r = m.score(sys.argv[2], sys.argv[3])
+t1 = time.perf_counter()
+pairs = json.loads(sys.argv[4])
+m.score_batch([(t, p) for t, p in pairs])
+# VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"cold_s": t1 - t0, "peak_rss_mb": hwm / 1024}))
+"""
+
+
+def _pairs(data: Path, n: int) -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in (data / "pairs" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [(r["text"], str(data / r["image"])) for r in rows[:n]]
+
+
+def bench(bundle: Path, data: Path, runs: int, arena: bool = True) -> dict:
+    from ticor import Matcher
+
+    pairs = _pairs(data, 2000)
+    cold = []
+    for i in range(runs):
+        t, p = pairs[i]
+        out = subprocess.run([sys.executable, "-c", _COLD, str(bundle), t, p, json.dumps(pairs[100:300]), "1" if arena else "0"],
+                             capture_output=True, text=True, check=True)
+        cold.append(json.loads(out.stdout))
+    m = Matcher.load(bundle, providers="cpu", memory_arena=arena)
+    s = m._sessions
+    lat_e2e, lat_graphs = [], []
+    from ticor.preprocess import encode_texts, load_image
+
+    for i in range(300):
+        t, p = pairs[i % 200]
+        ids, mask = encode_texts(m._tok, [t], m.manifest.text_spec)
+        pic = load_image(p, m.manifest.image_spec)[None]
+        def e2e(t: str = t, p: str = p) -> float:
+            t0 = time.perf_counter()
+            m.score(t, p)
+            return (time.perf_counter() - t0) * 1e3
+
+        def graphs(ids: np.ndarray = ids, mask: np.ndarray = mask, pic: np.ndarray = pic) -> float:
+            t0 = time.perf_counter()
+            tv = s["text"].run(None, {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask})[0]
+            iv = s["image"].run(None, {IMAGE_INPUT: pic})[0]
+            m.head(tv, iv)
+            return (time.perf_counter() - t0) * 1e3
+
+        if i % 2:  # alternate which one runs first, so neither always finds the caches warm
+            a, b = e2e(), graphs()
+        else:
+            b, a = graphs(), e2e()
+        if i >= 20:
+            lat_e2e.append(a)
+            lat_graphs.append(b)
+    with tempfile.TemporaryDirectory() as tmp:
+        cached = Matcher.load(bundle, providers="cpu", cache=Path(tmp) / "emb.sqlite", memory_arena=arena)
+        cached.score_batch(pairs)
+        tv = cached.embed_texts([t for t, _ in pairs])
+        iv = cached.embed_images([p for _, p in pairs])
+        reps = 10  # 20,000 pairs through the head
+        big_t, big_i = np.tile(tv, (reps, 1)), np.tile(iv, (reps, 1))
+        t0 = time.perf_counter()
+        cached.head(big_t, big_i)
+        head_rate = len(big_t) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cached.score_batch(pairs * 5)
+        warm_rate = len(pairs) * 5 / (time.perf_counter() - t0)
+        cached.close()
+    e2e, graphs = statistics.median(lat_e2e), statistics.median(lat_graphs)
+    return {
+        "bundle": str(bundle), "precision": m.manifest.precision, "memory_arena": arena,
+        "bundle_mb": sum(f["bytes"] for f in m.manifest.data["files"].values()) / 1e6,
+        "cold_start_s": statistics.median(c["cold_s"] for c in cold),
+        "cold_start_s_all": [round(c["cold_s"], 3) for c in cold],
+        "peak_rss_mb": max(c["peak_rss_mb"] for c in cold),
+        "e2e_batch1_ms": e2e, "graphs_batch1_ms": graphs, "e2e_over_graphs": e2e / graphs,
+        "e2e_p90_ms": float(np.percentile(lat_e2e, 90)),
+        "head_pairs_per_s": head_rate, "warm_cache_pairs_per_s": warm_rate,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ticor.benchmarks.runtime", description=__doc__.split("\n")[0])
+    ap.add_argument("bundles", nargs="*", help="bundle directories (default: CACHE/bundles/multilingual-int8)")
+    ap.add_argument("--data", default=str(cache_dir() / "dataset" / "full"), help="dataset with pairs/test.jsonl")
+    ap.add_argument("--runs", type=int, default=5, help="cold-start processes per bundle")
+    ap.add_argument("--no-arena", action="store_true", help="sessions without onnxruntime's CPU memory arena")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args(argv)
+    bundles = [Path(b) for b in args.bundles] or [cache_dir() / "bundles" / "multilingual-int8"]
+    results = [bench(b, Path(args.data), args.runs, arena=not args.no_arena) for b in bundles]
+    print(f"{'bundle':<28} {'MB':>7} {'cold s':>7} {'RSS MB':>7} {'e2e ms':>7} {'graphs':>7} {'ratio':>6} "
+          f"{'head/s':>9} {'warm/s':>8}")
+    for r in results:
+        print(f"{Path(r['bundle']).name:<28} {r['bundle_mb']:7.1f} {r['cold_start_s']:7.3f} {r['peak_rss_mb']:7.0f} "
+              f"{r['e2e_batch1_ms']:7.2f} {r['graphs_batch1_ms']:7.2f} {r['e2e_over_graphs']:6.2f} "
+              f"{r['head_pairs_per_s']:9.0f} {r['warm_cache_pairs_per_s']:8.0f}")
+    print("cold: process start to first score, median; e2e: fresh pair batch 1 vs the three graphs alone on "
+          "prepared inputs (medians, interleaved); head/s: head on cached embeddings; warm/s: score_batch, all "
+          "embeddings cached")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
