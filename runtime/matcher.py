@@ -41,7 +41,7 @@ from ticor.paths import cache_dir
 from ticor.preprocess import encode_texts, image_array, load_tokenizer
 from ticor.sessions import SessionConfig, create_session, resolve_providers, threads_from_env
 
-__all__ = ["Match", "Matcher", "Ranked", "Ranking", "default_bundle"]
+__all__ = ["Match", "Matcher", "PreparedBatch", "Ranked", "Ranking", "default_bundle"]
 
 TEXT_BATCH = 64
 IMAGE_BATCH = 16
@@ -76,6 +76,26 @@ class Ranked:
 class Ranking:
     hits: list[Ranked]  # best first, at most k
     failed: list[tuple[int, str, str]]  # (index, status, error) of candidates that could not be used
+
+
+@dataclass(frozen=True)
+class PreparedImages:
+    n: int
+    keys: dict[int, str]  # index -> content key (absent: the picture failed)
+    known: dict[str, np.ndarray]  # content key -> cached vector
+    todo: dict[str, list[int]]  # content key -> indices still to embed
+    ready: list[tuple[str, np.ndarray]]  # (content key, prepared pixels) to run through the image graph
+    errors: dict[int, InputError]
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch after :meth:`Matcher.prepare`, before :meth:`Matcher.finish`."""
+
+    texts: list[str | None]
+    flags: list[tuple[str, ...]]
+    errors: dict[int, InputError]
+    images: PreparedImages
 
 
 class Matcher:
@@ -191,34 +211,43 @@ class Matcher:
         return vecs
 
     def _image_vectors(self, images: list[Any]) -> tuple[np.ndarray, dict[int, InputError]]:
-        out = np.zeros((len(images), self.dim), np.float32)
+        return self._run_images(self._prepare_images(images))
+
+    def _prepare_images(self, images: list[Any]) -> PreparedImages:
+        """Read, hash, look up the cache, decode and preprocess what is missing (no graph runs)."""
         errors: dict[int, InputError] = {}
         keys: dict[int, str] = {}
-        loaders: dict[int, Any] = {}
+        sources: dict[int, Any] = {}
+        seen: dict[str, int] = {}  # a path given many times in one batch is read once
         for i, src in enumerate(images):
+            path = os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
+            if path is not None and path in seen:
+                j = seen[path]
+                if j in errors:
+                    errors[i] = errors[j]
+                else:
+                    keys[i], sources[i] = keys[j], sources[j]
+                continue
+            if path is not None:
+                seen[path] = i
             try:
                 data, name = read_source(src)
                 if data is None:  # in-memory picture: hash the prepared pixels
                     arr = image_array(open_image(src), self._image_spec)
-                    keys[i] = content_key(arr.tobytes())
-                    loaders[i] = arr
+                    keys[i], sources[i] = content_key(arr.tobytes()), arr
                 else:
-                    keys[i] = content_key(data)
-                    loaders[i] = (data, name)
+                    keys[i], sources[i] = content_key(data), (data, name)
             except InputError as exc:
                 errors[i] = exc
-        known = self._cache.get_many(self._scope["image"], list(dict.fromkeys(keys.values())), self.dim) \
-            if self._cache is not None else {}
+        known = (self._cache.get_many(self._scope["image"], list(dict.fromkeys(keys.values())), self.dim)
+                 if self._cache is not None else {})
         todo: dict[str, list[int]] = {}
         for i, k in keys.items():
-            if k in known:
-                out[i] = known[k]
-            else:
+            if k not in known:
                 todo.setdefault(k, []).append(i)
         ready: list[tuple[str, np.ndarray]] = []
-        fresh = []
         for k, idx in todo.items():
-            src = loaders[idx[0]]
+            src = sources[idx[0]]
             try:
                 arr = src if isinstance(src, np.ndarray) else image_array(decode(*src), self._image_spec)
             except InputError as exc:
@@ -230,15 +259,23 @@ class Matcher:
                     errors[i] = InputError("decode_error", f"{src[1] if isinstance(src, tuple) else 'image'}: {exc}")
                 continue
             ready.append((k, arr))
-        for s in range(0, len(ready), IMAGE_BATCH):
-            chunk = ready[s : s + IMAGE_BATCH]
+        return PreparedImages(len(images), keys, known, todo, ready, dict(sorted(errors.items())))
+
+    def _run_images(self, p: PreparedImages) -> tuple[np.ndarray, dict[int, InputError]]:
+        out = np.zeros((p.n, self.dim), np.float32)
+        for i, k in p.keys.items():
+            if k in p.known:
+                out[i] = p.known[k]
+        fresh = []
+        for s in range(0, len(p.ready), IMAGE_BATCH):
+            chunk = p.ready[s : s + IMAGE_BATCH]
             vecs = self._sessions["image"].run([IMAGE_OUTPUT], {IMAGE_INPUT: np.stack([a for _, a in chunk])})[0]
             for (k, _), v in zip(chunk, vecs):
-                out[todo[k]] = v
+                out[p.todo[k]] = v
                 fresh.append((k, v))
         if self._cache is not None and fresh:
             self._cache.put_many(self._scope["image"], fresh)
-        return out, dict(sorted(errors.items()))
+        return out, p.errors
 
     def head(self, text_vectors: np.ndarray, image_vectors: np.ndarray) -> np.ndarray:
         """Match probabilities ``[N]`` for aligned rows of embeddings (the head graph alone)."""
@@ -263,10 +300,16 @@ class Matcher:
 
     def score_batch(self, pairs: Iterable[tuple[str | bytes, ImageInput]]) -> list[Match]:
         """One :class:`Match` per pair, in order; a bad text or picture is that pair's status."""
+        return self.finish(self.prepare(pairs))
+
+    def prepare(self, pairs: Iterable[tuple[str | bytes, ImageInput]]) -> PreparedBatch:
+        """The CPU work of :meth:`score_batch` before any graph runs: text cleaning, picture
+        reading, hashing, cache look-ups, decoding and preprocessing. Pass the result to
+        :meth:`finish`; a pipeline can prepare the next batch while the current one finishes."""
         pairs = list(pairs)
         texts: list[str | None] = []
         flags: list[tuple[str, ...]] = []
-        status: dict[int, InputError] = {}
+        errors: dict[int, InputError] = {}
         for i, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise UsageError(f"pair {i} must be a (text, image) tuple, not {type(pair).__name__}")
@@ -277,21 +320,27 @@ class Matcher:
             except InputError as exc:
                 texts.append(None)
                 flags.append(())
-                status[i] = exc
-        iv, image_errors = self._image_vectors([p[1] for p in pairs])
+                errors[i] = exc
+        return PreparedBatch(texts, flags, errors, self._prepare_images([p[1] for p in pairs]))
+
+    def finish(self, batch: PreparedBatch) -> list[Match]:
+        """Run the graphs for a batch from :meth:`prepare`: one :class:`Match` per pair, in order."""
+        status = dict(batch.errors)
+        iv, image_errors = self._run_images(batch.images)
         for i, exc in image_errors.items():
             status.setdefault(i, exc)
-        good = [i for i in range(len(pairs)) if i not in status]
-        tv = self._text_vectors([texts[i] for i in good])  # type: ignore[misc]
+        n = len(batch.texts)
+        good = [i for i in range(n) if i not in status]
+        tv = self._text_vectors([batch.texts[i] for i in good])  # type: ignore[misc]
         probs = self.head(tv, iv[good]) if good else np.empty(0, np.float32)
-        out: list[Match] = []
         scored = dict(zip(good, probs))
-        for i in range(len(pairs)):
+        out: list[Match] = []
+        for i in range(n):
             if i in scored:
                 p = float(scored[i])
-                out.append(Match(p, p >= self.threshold, "ok", None, flags[i]))
+                out.append(Match(p, p >= self.threshold, "ok", None, batch.flags[i]))
             else:
-                out.append(Match(None, None, status[i].kind, str(status[i]), flags[i]))
+                out.append(Match(None, None, status[i].kind, str(status[i]), batch.flags[i]))
         return out
 
     def rank(self, query: str | bytes | ImageInput, candidates: Sequence[Any], k: int = 10) -> Ranking:
