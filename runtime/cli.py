@@ -84,6 +84,87 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_matcher(args: argparse.Namespace, cache: bool):
+    """The bundle for ``score``/``rank``; a bad bundle or provider is a usage error (exit 2)."""
+    from ticor import Matcher
+    from ticor._deps import require_onnxruntime
+    from ticor.bundle import BundleError
+    from ticor.sessions import ProviderError
+
+    require_onnxruntime()
+    try:
+        return Matcher.load(args.bundle, providers=args.provider, threads=args.threads, cache=cache)
+    except (BundleError, ProviderError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ticor.scorer import ScoreFailed, score_file
+    from ticor.tables import Columns
+
+    cols = Columns(text=args.text_col, image=args.image_col, id=args.id_col)
+    if args.input != "-" and not Path(args.input).is_file():
+        raise UsageError(f"{args.input}: no such input file")
+    m = _load_matcher(args, cache=not args.no_cache)
+    try:
+        s = score_file(m, args.input, Path(args.output) if args.output and args.output != "-" else None, cols,
+                       Path(args.image_root) if args.image_root else None, batch_size=args.batch_size,
+                       shard_rows=args.shard_rows, max_failures=args.max_failures, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print("ticor score: interrupted; committed rows are kept, run the same command to resume"
+              if args.output and args.output != "-" else "ticor score: interrupted", file=sys.stderr)
+        return 130
+    except ScoreFailed as exc:
+        print(f"ticor score: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        m.close()
+    print(s.line(), file=sys.stderr)
+    bad = sum(s.failed.values())
+    if bad:
+        print(f"ticor score: {bad} rows failed (see their status and error columns)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ticor.inputs import FORMATS
+
+    if (args.text is None) == (args.image is None):
+        raise UsageError("give exactly one query: --text TEXT (with --images DIR) or --image FILE (with --texts FILE)")
+    if args.k < 1:
+        raise UsageError("-k must be at least 1")
+    if args.text is not None:
+        if not args.images or not Path(args.images).is_dir():
+            raise UsageError("--text needs --images DIR, a folder of pictures")
+        exts = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+        cands = sorted(str(p) for p in Path(args.images).rglob("*") if p.suffix.lower() in exts and p.is_file())
+        if not cands:
+            raise UsageError(f"{args.images}: no pictures ({', '.join(FORMATS)})")
+        query = args.text
+    else:
+        if not args.texts or not Path(args.texts).is_file():
+            raise UsageError("--image needs --texts FILE, one text per line")
+        cands = [t for t in Path(args.texts).read_text(encoding="utf-8", errors="replace").splitlines() if t.strip()]
+        query = Path(args.image)
+    m = _load_matcher(args, cache=not args.no_cache)
+    try:
+        r = m.rank(query, cands, k=args.k)
+    finally:
+        m.close()
+    for h in r.hits:
+        print(json.dumps({"rank": r.hits.index(h) + 1, "score": h.score, "match": h.match,
+                          ("image" if args.text is not None else "text"): cands[h.index]}, ensure_ascii=False))
+    for i, status, err in r.failed:
+        print(f"ticor rank: skipped {cands[i]}: {status} ({err})", file=sys.stderr)
+    return EXIT_OK
+
+
 def _provider_report(precision: str) -> dict:
     from ticor._deps import onnxruntime_status
     from ticor.sessions import available_providers, resolve_providers
@@ -164,6 +245,39 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--force", action="store_true", help="quantize again even when up to date")
     quant.add_argument("--quiet", action="store_true", help="no progress on stderr")
     quant.set_defaults(func=_cmd_quantize)
+
+    def runtime_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bundle", help="bundle directory (default: CACHE/bundles/multilingual-int8, built by "
+                                        "`make run`)")
+        p.add_argument("--provider", help="auto (default), cpu, cuda, tensorrt or an onnxruntime provider name")
+        p.add_argument("--threads", type=int, help="intra-op threads per graph (default: TICOR_THREADS or "
+                                                   "onnxruntime's choice)")
+        p.add_argument("--no-cache", action="store_true",
+                       help="do not use the embedding cache (CACHE/embeddings.sqlite)")
+
+    score = sub.add_parser("score", help="score (text, image) rows from CSV/TSV/JSONL/Parquet or stdin")
+    score.add_argument("input", help="CSV, TSV, JSONL or Parquet file (by extension), or - for JSONL on stdin")
+    score.add_argument("-o", "--output", help="JSONL, CSV or Parquet file (by extension); default: JSONL on "
+                                              "stdout. With a file the run is resumable")
+    runtime_opts(score)
+    score.add_argument("--batch-size", type=int, default=64, help="pairs per inference batch (default 64)")
+    score.add_argument("--image-root", help="folder for relative image paths (default: the input's folder)")
+    score.add_argument("--text-col", default="text", help="text column (default text)")
+    score.add_argument("--image-col", default="image", help="image column (default image)")
+    score.add_argument("--id-col", default="id", help="id column (default id; absent: the row number)")
+    score.add_argument("--max-failures", type=int, help="stop once more rows than this have failed")
+    score.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    score.add_argument("--shard-rows", type=int, default=4096, help="rows per committed shard (default 4096)")
+    score.set_defaults(func=_cmd_score)
+
+    rank = sub.add_parser("rank", help="the best pictures for a text (or texts for a picture)")
+    rank.add_argument("--text", help="query text (candidates: --images DIR)")
+    rank.add_argument("--images", help="folder of candidate pictures (searched recursively)")
+    rank.add_argument("--image", help="query picture (candidates: --texts FILE)")
+    rank.add_argument("--texts", help="file of candidate texts, one per line")
+    rank.add_argument("-k", type=int, default=10, help="how many to print (default 10)")
+    runtime_opts(rank)
+    rank.set_defaults(func=_cmd_rank)
 
     info = sub.add_parser("info", help="print a bundle's manifest (files verified)")
     info.add_argument("bundle", help="bundle directory")

@@ -59,10 +59,13 @@ class EmbeddingCache:
                     v = np.frombuffer(blob, dtype=np.float32)
                     if v.shape == (dim,):
                         found[k] = v
-            if found:
+            stale = list(found)
+            if stale:  # LRU touch, one statement per chunk; rows touched in the last minute are left alone
                 now = time.time()
-                self._db.executemany("UPDATE emb SET used = ? WHERE scope = ? AND key = ?",
-                                     [(now, scope, k) for k in found])
+                for s in range(0, len(stale), 500):
+                    part = stale[s : s + 500]
+                    self._db.execute(f"UPDATE emb SET used = ? WHERE scope = ? AND used < ? AND key IN "
+                                     f"({','.join('?' * len(part))})", [now, scope, now - 60, *part])
         return found
 
     def put_many(self, scope: str, items: Iterable[tuple[str, np.ndarray]]) -> None:

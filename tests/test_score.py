@@ -1,0 +1,253 @@
+"""``ticor score`` and ``ticor rank`` as a user runs them: real subprocesses on a real bundle.
+
+Every input format, bad rows of each kind, SIGKILL mid-run then resume (exactly one row per
+id, identical to an uninterrupted run), a full disk (the file-size limit of the process),
+stdin to stdout, resume refusing another input or bundle, exit codes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURE_DATA, ticor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory, fp32_bundle: Path) -> tuple[list[dict], Path]:
+    """Fixture test+val pairs with relative image paths, plus one bad row of each kind."""
+    d = tmp_path_factory.mktemp("in")
+    pairs = []
+    for split in ("test", "val", "train"):
+        pairs += [json.loads(x) for x in (FIXTURE_DATA / "pairs" / f"{split}.jsonl").read_text().splitlines()]
+    (d / "images").symlink_to(FIXTURE_DATA / "images")
+    out = [{"id": f"r{i}", "text": p["text"], "image": p["image"]} for i, p in enumerate(pairs[:150])]
+    (d / "broken.jpg").write_bytes((FIXTURE_DATA / out[0]["image"]).read_bytes()[:200])
+    (d / "empty.png").write_bytes(b"")
+    shutil.copyfile(FIXTURE_DATA / out[0]["image"], d / "fine.png")
+    out += [
+        {"id": "bad-missing", "text": "a cat", "image": "no/such.png"},
+        {"id": "bad-decode", "text": "a cat", "image": "broken.jpg"},
+        {"id": "bad-empty", "text": "a cat", "image": "empty.png"},
+        {"id": "bad-notext", "text": None, "image": "fine.png"},
+        {"id": "empty-text", "text": "", "image": "fine.png"},
+    ]
+    return out, d
+
+
+def _write(rows: list[dict], path: Path) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    elif path.suffix in (".csv", ".tsv"):
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=["id", "text", "image"], delimiter="\t" if path.suffix == ".tsv" else ",")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), str(path))
+    return path
+
+
+def _read(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path)).to_pylist()
+
+
+def _fix(d: Path, bundle: Path) -> list[str]:
+    return ["--bundle", str(bundle), "--no-cache", "--image-root", str(d)]
+
+
+def test_every_format_in_and_out_gives_the_same_rows(rows, fp32_bundle: Path, tmp_path: Path) -> None:
+    data, d = rows
+    base = None
+    for suffix_in, suffix_out in ((".jsonl", ".jsonl"), (".csv", ".csv"), (".tsv", ".parquet"),
+                                  (".parquet", ".jsonl")):
+        src = data if suffix_in != ".csv" else [dict(r, text=r["text"] if r["text"] is not None else "") for r in data]
+        inp = _write(src, tmp_path / f"in{suffix_in}")
+        out = tmp_path / f"out-{suffix_in[1:]}{suffix_out}"
+        r = ticor("score", str(inp), "-o", str(out), *_fix(d, fp32_bundle), check=False)
+        assert r.returncode == 1 and "rows failed" in r.stderr, r.stderr
+        assert f"{len(data)} rows" in r.stderr and "providers CPUExecutionProvider" in r.stderr
+        got = {x["id"]: x for x in _read(out)}
+        assert len(got) == len(data)
+        statuses = {k: v["status"] for k, v in got.items() if k.startswith(("bad", "empty"))}
+        want = {"bad-missing": "missing", "bad-decode": "decode_error", "bad-empty": "decode_error",
+                "empty-text": "ok"}
+        # CSV/TSV have no null: the missing text is written as "", an empty text (scored, flagged)
+        want["bad-notext"] = "ok" if suffix_in in (".csv", ".tsv") else "bad_input"
+        assert statuses == want, (suffix_in, statuses)
+        assert got["empty-text"]["flags"] == "empty"
+        scores = {k: float(v["score"]) for k, v in got.items() if v["status"] == "ok" and k.startswith("r")}
+        assert len(scores) == 150
+        if base is None:
+            base = scores
+        else:
+            assert max(abs(scores[k] - base[k]) for k in base) < 1e-6
+
+
+def test_sigkill_then_resume_gives_each_row_once_identical_to_a_clean_run(rows, fp32_bundle: Path,
+                                                                          tmp_path: Path) -> None:
+    data, d = rows
+    big = [dict(r, id=f"{r['id']}-{k}") for k in range(8) for r in data]  # 1240 rows
+    inp = _write(big, tmp_path / "big.jsonl")
+    clean = tmp_path / "clean.jsonl"
+    ticor("score", str(inp), "-o", str(clean), *_fix(d, fp32_bundle), "--shard-rows", "64", check=False)
+    out = tmp_path / "resumed.jsonl"
+    cmd = [sys.executable, "-m", "ticor", "score", str(inp), "-o", str(out), *_fix(d, fp32_bundle),
+           "--shard-rows", "64", "--batch-size", "16"]
+    parts = out.with_name(out.name + ".ticor-parts")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(parts.glob("shard-*"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = sorted(parts.glob("shard-*"))
+    assert len(committed) >= 3 and not out.exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert r.returncode == 1 and "resumed after" in r.stderr, r.stderr
+    assert not parts.exists()
+    a, b = _read(clean), _read(out)
+    assert [x["id"] for x in b] == [x["id"] for x in big]  # each id once, in input order
+    assert [(x["id"], x["status"], x["match"]) for x in a] == [(x["id"], x["status"], x["match"]) for x in b]
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b) if x["status"] == "ok") < 1e-6
+
+
+def test_ctrl_c_keeps_committed_shards_and_exits_130(rows, fp32_bundle: Path, tmp_path: Path) -> None:
+    data, d = rows
+    inp = _write([dict(r, id=f"{r['id']}-{k}") for k in range(6) for r in data], tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    parts = out.with_name(out.name + ".ticor-parts")
+    proc = subprocess.Popen([sys.executable, "-m", "ticor", "score", str(inp), "-o", str(out),
+                             *_fix(d, fp32_bundle), "--shard-rows", "32", "--batch-size", "16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(parts.glob("shard-*"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command to resume" in err
+    assert list(parts.glob("shard-*"))
+
+
+def test_a_different_input_or_bundle_refuses_to_resume(rows, fp32_bundle: Path, tmp_path: Path) -> None:
+    data, d = rows
+    inp = _write(data, tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    parts = out.with_name(out.name + ".ticor-parts")
+    parts.mkdir()
+    (parts / "state.json").write_text(json.dumps({"version": 1, "input_sha256": "0" * 64}))
+    r = ticor("score", str(inp), "-o", str(out), *_fix(d, fp32_bundle), check=False)
+    assert r.returncode == 2 and "refusing to resume" in r.stderr and "input_sha256" in r.stderr
+    r = ticor("score", str(inp), "-o", str(out), *_fix(d, fp32_bundle), "--overwrite", check=False)
+    assert r.returncode == 1 and len(_read(out)) == len(data)
+    r = ticor("score", str(inp), "-o", str(out), *_fix(d, fp32_bundle), check=False)
+    assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (6000, resource.RLIM_INFINITY))
+
+
+def test_full_disk_discards_the_partial_shard_and_keeps_committed_work(rows, fp32_bundle: Path,
+                                                                       tmp_path: Path) -> None:
+    data, d = rows
+    long_row = {"id": "L" * 7000, "text": "a cat", "image": data[0]["image"]}  # its shard outgrows the limit
+    data = data[:64] + [long_row] + data[64:100]
+    inp = _write(data, tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    parts = out.with_name(out.name + ".ticor-parts")
+    cmd = [sys.executable, "-m", "ticor", "score", str(inp), "-o", str(out), *_fix(d, fp32_bundle),
+           "--shard-rows", "16", "--batch-size", "16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_limit_file_size, check=False)
+    assert r.returncode == 1 and "could not write" in r.stderr and "partial shard was discarded" in r.stderr, r.stderr
+    shards = sorted(parts.glob("shard-*"))
+    assert len(shards) == 4 and not list(parts.glob(".tmp-*")) and not out.exists()
+    for s in shards:  # every committed shard is whole
+        assert all(json.loads(x)["id"] for x in s.read_text().splitlines())
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)  # space back: resume
+    assert r.returncode == 0 and "resumed after 64" in r.stderr and "0 failed" in r.stderr
+    assert [x["id"] for x in _read(out)] == [x["id"] for x in data]
+
+
+def test_stdin_to_stdout_streams_jsonl(rows, fp32_bundle: Path) -> None:
+    data, d = rows
+    text = "".join(json.dumps(r) + "\n" for r in data[:20]) + "this is not json\n"
+    r = subprocess.run([sys.executable, "-m", "ticor", "score", "-", *_fix(d, fp32_bundle)], input=text,
+                       capture_output=True, text=True, check=False)
+    out = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.returncode == 1 and len(out) == 21
+    assert [x["id"] for x in out[:20]] == [x["id"] for x in data[:20]]
+    assert out[20]["status"] == "bad_input" and "bad JSON" in out[20]["error"]
+    assert set(out[0]) == {"id", "score", "match", "status", "error", "flags"}
+
+
+def test_bad_arguments_write_nothing_and_exit_2(rows, fp32_bundle: Path, tmp_path: Path) -> None:
+    data, _d = rows
+    inp = _write(data, tmp_path / "in.csv")
+    out = tmp_path / "o.jsonl"
+    for args, msg in ((["--text-col", "caption"], "no column 'caption'"),
+                      (["--bundle", str(tmp_path)], "not a ticor bundle"),
+                      (["--provider", "cuda"], "not available")):
+        full = ["score", str(inp), "-o", str(out), "--no-cache", *args]
+        if "--bundle" not in args:
+            full += ["--bundle", str(fp32_bundle)]
+        r = ticor(*full, check=False)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+        assert not out.exists() and not out.with_name(out.name + ".ticor-parts").exists()
+    r = ticor("score", str(tmp_path / "in.xlsx"), "--bundle", str(fp32_bundle), check=False)
+    assert r.returncode == 2
+
+
+def test_max_failures_stops_early(rows, fp32_bundle: Path, tmp_path: Path) -> None:
+    _data, d = rows
+    bad = [{"id": f"b{i}", "text": "x", "image": "no/such.png"} for i in range(200)]
+    inp = _write(bad, tmp_path / "bad.jsonl")
+    r = ticor("score", str(inp), "-o", str(tmp_path / "o.jsonl"), *_fix(d, fp32_bundle), "--max-failures", "10",
+              "--batch-size", "16", check=False)
+    assert r.returncode == 1 and "over --max-failures 10" in r.stderr
+
+
+def test_rank_over_a_folder_uses_the_cache(fp32_bundle: Path, tmp_path: Path) -> None:
+    env = {"TICOR_CACHE": str(tmp_path / "cache")}
+    args = ["rank", "--text", "a red apple", "--images", str(FIXTURE_DATA / "images"), "-k", "5",
+            "--bundle", str(fp32_bundle)]
+    first = ticor(*args, env=env)
+    hits = [json.loads(x) for x in first.stdout.splitlines()]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert hits == sorted(hits, key=lambda h: -h["score"])
+    assert (tmp_path / "cache" / "embeddings.sqlite").is_file()
+    second = ticor(*args, env=env)
+    assert second.stdout == first.stdout
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red apple\na cat\n一只猫\n", encoding="utf-8")
+    pic = min((FIXTURE_DATA / "images").glob("*/*.png"))
+    r = ticor("rank", "--image", str(pic), "--texts", str(texts), "-k", "2", "--bundle", str(fp32_bundle),
+              env=env)
+    assert len(r.stdout.splitlines()) == 2
+    r = ticor("rank", "--text", "x", "--bundle", str(fp32_bundle), check=False)
+    assert r.returncode == 2 and "--images DIR" in r.stderr
+    assert os.environ.get("TICOR_CACHE") != env["TICOR_CACHE"]
