@@ -1,5 +1,6 @@
 # Two entry points on a fresh clone:
-#   make run   - set up .venv, build what is missing (dataset, trained model, fp32 and int8 bundles), print metrics
+#   make run   - set up .venv, build what is missing (dataset, trained model, fp32 and int8 bundles), print
+#                metrics and the quantization gate, score the sample pairs
 #   make test  - set up .venv, fetch the pinned data sources, run the whole test suite
 # Downloads and built data live in $TICOR_CACHE (default ~/.cache/ticor), never in the repo.
 
@@ -22,7 +23,9 @@ PRESET ?= multilingual
 run: $(STAMP)
 	$(BIN)/ticor data build
 	$(BIN)/ticor train --preset $(PRESET)
-	fp32="$$($(BIN)/ticor export --preset $(PRESET))" && $(BIN)/ticor info "$$fp32" && $(BIN)/ticor quantize "$$fp32"
+	fp32="$$($(BIN)/ticor export --preset $(PRESET))" && $(BIN)/ticor info "$$fp32" && \
+	  q="$$($(BIN)/ticor quantize "$$fp32")" && echo "$$q" && int8="$$(echo "$$q" | head -1)" && \
+	  $(BIN)/ticor score examples/sample-pairs.csv --bundle "$$int8"
 
 test: $(STAMP)
 	$(BIN)/ticor data fetch

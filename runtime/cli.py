@@ -124,7 +124,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     print(s.line(), file=sys.stderr)
     bad = sum(s.failed.values())
     if bad:
-        print(f"ticor score: {bad} rows failed (see their status and error columns)", file=sys.stderr)
+        print(f"ticor score: {bad} row{'s' if bad > 1 else ''} failed (see the status and error columns)",
+              file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

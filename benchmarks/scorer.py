@@ -1,0 +1,167 @@
+"""Batch-scorer throughput: ``ticor score`` against the fp32 torch model as a user would write it.
+
+    python -m ticor.benchmarks.scorer [--bundle DIR] [--preset NAME] [--rows N] [--rss-rows 10000,1000000]
+
+All on the dataset's test pairs (its own pictures, paths in a CSV), in one run:
+
+- **torch eager fp32**: the trained model loaded from ``CACHE/runs/PRESET``, pictures opened
+  with Pillow and normalised with torch, texts tokenized with transformers' fast tokenizer,
+  batches of 64 under ``torch.inference_mode()``, 2 threads;
+- **ticor score** (a subprocess, as a user runs it) with the bundle, embedding cache off
+  ("cold"), at several batch sizes; then with a warm embedding cache (every text and picture
+  seen before);
+- **peak RSS** (``VmHWM``) of ``ticor score`` on inputs of different sizes (the pairs
+  repeated under new ids, embeddings cached), to show memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ticor.paths import cache_dir
+
+_RSS = """
+import sys
+from ticor.cli import main
+code = main(sys.argv[1:])
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(f"VMHWM {hwm}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _pairs(data: Path, n: int) -> list[dict]:
+    rows = [json.loads(x) for x in (data / "pairs" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [{"id": f"p{i}", "text": r["text"], "image": str(data / r["image"])} for i, r in enumerate(rows[:n])]
+
+
+def _csv(rows: list[dict], path: Path, repeat: int = 1) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["id", "text", "image"])
+        w.writeheader()
+        for k in range(repeat):
+            for r in rows:
+                w.writerow(dict(r, id=f"{r['id']}-{k}"))
+    return path
+
+
+def torch_rate(preset_name: str, rows: list[dict]) -> tuple[float, np.ndarray]:
+    import torch
+    from PIL import Image, ImageOps
+    from transformers import PreTrainedTokenizerFast
+
+    from ticor.export.model import PRESETS, Matcher, load_backbones
+    from ticor.export.train import default_run_dir, load_trained
+
+    torch.set_num_threads(2)
+    preset = PRESETS[preset_name]
+    bb = load_backbones(preset)
+    model = Matcher(preset, bb.bert, bb.cnn)
+    load_trained(model, default_run_dir(preset_name) / "trained.safetensors")
+    model.eval()
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(bb.tokenizer), pad_token=preset.text_spec.pad_token)
+    spec = preset.image_spec
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+
+    def picture(path: str) -> torch.Tensor:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGBA")
+        base = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        base.alpha_composite(im)
+        rgb = base.convert("RGB")
+        side = max(rgb.size)
+        sq = Image.new("RGB", (side, side), (255, 255, 255))
+        sq.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+        sq = sq.resize((spec.size, spec.size), Image.LANCZOS)
+        t = torch.from_numpy(np.asarray(sq).copy()).permute(2, 0, 1).float() / 255.0
+        return (t - mean) / std
+
+    scores = []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for s in range(0, len(rows), 64):
+            chunk = rows[s : s + 64]
+            enc = tok([preset.text_spec.prefix + r["text"] for r in chunk], padding=True, truncation=True,
+                      max_length=preset.text_spec.max_length, return_tensors="pt")
+            tv = model.text(enc["input_ids"], enc["attention_mask"])
+            iv = model.image(torch.stack([picture(r["image"]) for r in chunk]))
+            scores.append(model.head(tv, iv).numpy())
+    return len(rows) / (time.perf_counter() - t0), np.concatenate(scores)
+
+
+def ticor_rate(args: list[str], env_cache: Path) -> tuple[float, int]:
+    import os
+
+    r = subprocess.run([sys.executable, "-c", _RSS, "score", *args], capture_output=True, text=True,
+                       env=dict(os.environ, TICOR_CACHE=str(env_cache)), check=False)
+    if r.returncode not in (0, 1):
+        raise RuntimeError(r.stderr)
+    line = next(x for x in r.stderr.splitlines() if x.startswith("ticor score:") and "rows/s" in x)
+    rate = float(line.split(" rows/s")[0].rsplit(" ", 1)[1])
+    hwm = int(next(x for x in r.stderr.splitlines() if x.startswith("VMHWM")).split()[1])
+    return rate, hwm
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ticor.benchmarks.scorer", description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", default=str(cache_dir() / "bundles" / "multilingual-int8"))
+    ap.add_argument("--preset", default="multilingual")
+    ap.add_argument("--data", default=str(cache_dir() / "dataset" / "full"))
+    ap.add_argument("--rows", type=int, default=2000, help="test pairs timed (default 2000)")
+    ap.add_argument("--batch-sizes", default="16,64,256")
+    ap.add_argument("--rss-rows", default="10000,1000000", help="input sizes for the memory check")
+    ap.add_argument("--json", help="also write the figures here")
+    a = ap.parse_args(argv)
+    rows = _pairs(Path(a.data), a.rows)
+    res: dict = {"bundle": a.bundle, "rows": len(rows)}
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        inp = _csv(rows, tmp / "pairs.csv")
+        base = ["--bundle", a.bundle, "--threads", "2"]
+        res["torch_eager_fp32_rows_per_s"], torch_scores = torch_rate(a.preset, rows)
+        res["cold"] = {}
+        for bs in [int(x) for x in a.batch_sizes.split(",")]:
+            rate, hwm = ticor_rate([str(inp), "-o", str(tmp / f"cold-{bs}.jsonl"), *base, "--no-cache",
+                                    "--batch-size", str(bs)], tmp / "cache-unused")
+            res["cold"][bs] = {"rows_per_s": rate, "peak_rss_mb": hwm / 1024}
+        best = max(res["cold"], key=lambda b: res["cold"][b]["rows_per_s"])
+        got = [json.loads(x)["score"] for x in (tmp / f"cold-{best}.jsonl").read_text().splitlines()]
+        res["max_score_diff_vs_torch"] = float(np.max(np.abs(np.array(got) - torch_scores)))
+        ticor_rate([str(inp), "-o", str(tmp / "fill.jsonl"), *base, "--batch-size", "256"], tmp / "cache")
+        rate, _ = ticor_rate([str(inp), "-o", str(tmp / "warm.jsonl"), *base, "--batch-size", "256"], tmp / "cache")
+        res["warm_cache_rows_per_s"] = rate
+        res["rss"] = {}
+        for n in [int(x) for x in a.rss_rows.split(",") if x]:
+            big = _csv(rows, tmp / f"big-{n}.csv", repeat=max(1, n // len(rows)))
+            rate, hwm = ticor_rate([str(big), "-o", str(tmp / f"big-{n}.jsonl"), *base, "--batch-size", "256"],
+                                   tmp / "cache")
+            res["rss"][n] = {"rows": max(1, n // len(rows)) * len(rows), "peak_rss_mb": hwm / 1024,
+                             "rows_per_s": rate}
+            big.unlink()
+            (tmp / f"big-{n}.jsonl").unlink(missing_ok=True)
+    t = res["torch_eager_fp32_rows_per_s"]
+    print(f"torch eager fp32 (batches of 64, 2 threads): {t:.0f} rows/s")
+    for bs, r in res["cold"].items():
+        print(f"ticor score, cold, batch {bs:>4}: {r['rows_per_s']:.0f} rows/s ({r['rows_per_s'] / t:.1f}x torch), "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(f"ticor score, warm embedding cache: {res['warm_cache_rows_per_s']:.0f} rows/s")
+    for n, r in res["rss"].items():
+        print(f"ticor score, {r['rows']} rows (cached): peak RSS {r['peak_rss_mb']:.0f} MB, {r['rows_per_s']:.0f} rows/s")
+    print(f"largest score difference, int8 bundle vs torch fp32: {res['max_score_diff_vs_torch']:.4f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
