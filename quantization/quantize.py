@@ -371,7 +371,7 @@ def gate_line(d: dict[str, Any]) -> str:
     g = q["gate"]
     size = sum(f["bytes"] for f in d["files"].values())
     src = sum(f["bytes"] for f in q["source_files"].values())
-    branches = ", ".join(f"{p} {n}" for p, n in q["branches"].items())
+    branches = ", ".join(f"{p} {q['branches'][p]}" for p in BRANCHES)
     return (f"{branches}: test F1 fp32 {g['fp32_test_f1']:.4f} -> {g['test_f1']:.4f} "
             f"({g['f1_change'] * 100:+.2f} pts), decisions agree on {g['agreement']:.2%}, "
             f"size {src / 1e6:.1f} MB -> {size / 1e6:.1f} MB ({size / src:.0%})")
