@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test,bench,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -107,6 +107,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     cols = Columns(text=args.text_col, image=args.image_col, id=args.id_col)
     if args.input != "-" and not Path(args.input).is_file():
         raise UsageError(f"{args.input}: no such input file")
+    if args.engine == "ray":
+        return _score_ray(args, cols)
     m = _load_matcher(args, cache=not args.no_cache)
     try:
         s = score_file(m, args.input, Path(args.output) if args.output and args.output != "-" else None, cols,
@@ -128,6 +130,33 @@ def _cmd_score(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _score_ray(args: argparse.Namespace, cols) -> int:
+    from pathlib import Path
+
+    from ticor.matcher import default_bundle
+    from ticor.ray_engine import score_with_ray, status_counts
+
+    if not args.output or args.output == "-":
+        raise UsageError("--engine ray writes a directory: pass -o OUT.parquet or -o OUT.jsonl")
+    bundle = Path(args.bundle) if args.bundle else default_bundle()
+    try:
+        s = score_with_ray(args.input, Path(args.output), bundle, cols,
+                           Path(args.image_root) if args.image_root else None, address=args.address,
+                           actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                           batch_size=args.batch_size, provider=args.provider, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print("ticor score: interrupted; written parts are kept, run the same command to resume", file=sys.stderr)
+        return 130
+    counts = status_counts(Path(args.output))
+    bad = sum(v for k, v in counts.items() if k != "ok")
+    rows = sum(counts.values())
+    rate = s["rows_scored"] / s["seconds"] if s["seconds"] else 0.0
+    print(f"ticor score: {rows} rows ({counts.get('ok', 0)} ok, {bad} failed), {s['rows_already_done']} done before, "
+          f"{s['rows_scored']} scored now in {s['seconds']:.1f} s, {rate:.0f} rows/s, engine ray ({s['address']})",
+          file=sys.stderr)
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
@@ -279,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--max-failures", type=int, help="stop once more rows than this have failed")
     score.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     score.add_argument("--shard-rows", type=int, default=4096, help="rows per committed shard (default 4096)")
+    score.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local (default) or ray (Ray Data; the ray extra): OUTPUT is then a directory")
+    score.add_argument("--address", help="ray: join this cluster (default: start a local Ray)")
+    score.add_argument("--actors", type=int, default=1, help="ray: inference actors (default 1)")
+    score.add_argument("--cpus-per-actor", type=int, default=1, help="ray: CPUs (= intra-op threads) per actor")
+    score.add_argument("--gpus-per-actor", type=float, default=0, help="ray: GPUs per actor (default 0)")
     score.set_defaults(func=_cmd_score)
 
     rank = sub.add_parser("rank", help="the best pictures for a text (or texts for a picture)")
