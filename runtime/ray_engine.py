@@ -239,8 +239,9 @@ def score_with_ray(input_path: str, out: Path, bundle: Path, cols: Columns, imag
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = sys.stderr.isatty()
             data = ray.data.read_parquet(str(staging))
+            # its own CPU request keeps decoding in tasks: Ray would otherwise fuse it into the actors
             prepared = data.map_batches(_prepare_batch, fn_kwargs={"image_spec": m.data["image"]["spec"]},
-                                        batch_size=batch_size, batch_format="numpy")
+                                        batch_size=batch_size, batch_format="numpy", num_cpus=0.5)
             scored = prepared.map_batches(
                 _ScoreActor, fn_constructor_kwargs={"bundle": str(bundle), "provider": provider,
                                                     "threads": cpus_per_actor},
