@@ -42,8 +42,10 @@ import numpy as np
 
 from ticor import __version__
 from ticor._console import say
+from ticor.benchmarks._common import load_torch_model, torch_pixels, user_tokenizer
 from ticor.bundle import GRAPH_FILES, HEAD_INPUTS, IMAGE_INPUT, TEXT_INPUTS, read_manifest
 from ticor.errors import UsageError
+from ticor.export.evaluation import pair_scores, rank_matrix, retrieval_truth
 from ticor.metrics import evaluate, table
 from ticor.preprocess import encode_texts, load_image
 
@@ -107,23 +109,16 @@ def _ort_variant(bundle: Path, threads: int, provider: str = "cpu") -> Variant:
         extra={"bundle": str(bundle), "providers": m0.providers["text"]})
 
 
-_HWM = ("hwm=next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')); "
-        "print(json.dumps({'cold_s': c, 'peak_rss_mb': hwm/1024}))")
+_HWM = ("from ticor.benchmarks._common import peak_rss_mb; "
+        "print(json.dumps({'cold_s': c, 'peak_rss_mb': peak_rss_mb()}))")
 
 
 def _torch_variant(run_dir: Path, preset_name: str, threads: int) -> Variant:
     import torch
 
-    from ticor.export.model import PRESETS, Matcher, load_backbones
-    from ticor.export.train import load_trained
-
     torch.set_num_threads(threads)
-    preset = PRESETS[preset_name]
-    bb = load_backbones(preset)
-    model = Matcher(preset, bb.bert, bb.cnn)
-    load_trained(model, run_dir / "trained.safetensors")
-    model.eval()
-    user = _torch_user_pipeline(model, preset, bb.tokenizer)
+    model, preset, tokenizer_file = load_torch_model(run_dir, preset_name)
+    user = _torch_user_pipeline(model, preset, tokenizer_file)
 
     def t(fn):
         def run(*arrays):
@@ -144,24 +139,12 @@ def _torch_variant(run_dir: Path, preset_name: str, threads: int) -> Variant:
 
 def _torch_user_pipeline(model, preset, tokenizer_file: Path) -> Callable[[str, str], float]:
     import torch
-    from PIL import Image, ImageOps
-    from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), pad_token=preset.text_spec.pad_token)
+    tok = user_tokenizer(tokenizer_file, preset.text_spec.pad_token)
     spec = preset.image_spec
-    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
 
     def pair(text: str, path: str) -> float:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGBA")
-        base = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        base.alpha_composite(im)
-        rgb = base.convert("RGB")
-        side = max(rgb.size)
-        sq = Image.new("RGB", (side, side), (255, 255, 255))
-        sq.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
-        sq = sq.resize((spec.size, spec.size), Image.LANCZOS)
-        px = ((torch.from_numpy(np.asarray(sq).copy()).permute(2, 0, 1).float() / 255.0 - mean) / std)[None]
+        px = torch_pixels(path, spec.size, spec.mean, spec.std)[None]
         enc = tok([preset.text_spec.prefix + text], truncation=True, max_length=preset.text_spec.max_length,
                   return_tensors="pt")
         with torch.inference_mode():
@@ -581,33 +564,24 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
         # quality on the test split
         say(quiet, f"ticor bench: quality on {len(test_rows)} test pairs")
         quality: dict[str, Any] = {}
-        tv_ids = {}
-        for s in range(0, len(texts), 64):
-            tv_ids[s] = encode_texts(tok, texts[s : s + 64], m0.text_spec)
+        text_inputs = [encode_texts(tok, texts[s : s + 64], m0.text_spec) for s in range(0, len(texts), 64)]
         all_pics = np.stack([load_image(ds.root / p, m0.image_spec) for p in images])
-        ti = {t: i for i, t in enumerate(texts)}
-        ii = {p: i for i, p in enumerate(images)}
-        y_rows = test_rows
-        ref_iv = None
+        truth = retrieval_truth(ds, texts, images)
+        chunk = max(1, 8192 // max(1, len(images)))
+        ref = next((v for v in variants if v.name.startswith("ort-fp32")), None)
+        ivs = {v.name: np.concatenate([v.image(all_pics[s : s + 32]) for s in range(0, len(all_pics), 32)])
+               for v in variants if v.image is not None}
         for v in variants:
-            tv = np.concatenate([v.text(*tv_ids[s]) for s in sorted(tv_ids)])
-            if v.image is None:
+            # a text-only variant: its text branch with the fp32 bundle's image branch, head and threshold
+            rest = v if v.image is not None else ref
+            if rest is None:
                 continue
-            iv = np.concatenate([v.image(all_pics[s : s + 32]) for s in range(0, len(all_pics), 32)])
-            if v.name.startswith("ort-fp32"):
-                ref_iv = iv
-            a = tv[[ti[r["text"]] for r in y_rows]]
-            b = iv[[ii[r["image"]] for r in y_rows]]
-            scores = np.concatenate([v.head(a[s : s + 4096], b[s : s + 4096]) for s in range(0, len(a), 4096)])
-            quality[v.name] = evaluate(y_rows, scores, v.threshold, _rank(v.head, tv, iv, ds, texts, images))
-        for v in variants:  # text-only variants: their text branch with the fp32 bundle's other parts
-            if v.image is None and ref_iv is not None:
-                ort_fp32 = next(x for x in variants if x.name == "ort-fp32")
-                tv = np.concatenate([v.text(*tv_ids[s]) for s in sorted(tv_ids)])
-                a = tv[[ti[r["text"]] for r in y_rows]]
-                b = ref_iv[[ii[r["image"]] for r in y_rows]]
-                quality[v.name] = evaluate(y_rows, ort_fp32.head(a, b), ort_fp32.threshold,
-                                           _rank(ort_fp32.head, tv, ref_iv, ds, texts, images))
+            tv = np.concatenate([v.text(*x) for x in text_inputs])
+            iv = ivs[rest.name]
+            scores = pair_scores(rest.head, test_rows, texts, tv, images, iv)
+            quality[v.name] = evaluate(test_rows, scores, rest.threshold,
+                                       (rank_matrix(rest.head, tv, iv, chunk=chunk), truth))
+            if rest is not v:
                 quality[v.name]["note"] = "its text branch with the fp32 bundle's image branch, head and threshold"
 
         # the limit
@@ -647,17 +621,6 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
     (out / "report.md").write_text(report(results), encoding="utf-8")
     _plots(results, out)
     return results
-
-
-def _rank(head, tv: np.ndarray, iv: np.ndarray, ds, texts: list[str], images: list[str]):
-    """Every text against every picture through the head, and the true matches, for recall@k."""
-    mat = np.empty((len(tv), len(iv)), np.float32)
-    step = max(1, 8192 // max(1, len(iv)))
-    for s in range(0, len(tv), step):
-        t = tv[s : s + step]
-        mat[s : s + len(t)] = head(np.repeat(t, len(iv), 0), np.tile(iv, (len(t), 1))).reshape(len(t), len(iv))
-    ii = {p: i for i, p in enumerate(images)}
-    return mat, [{ii[p] for p in ds.positives_of(t) if p in ii} for t in texts]
 
 
 def _targets(r: dict[str, Any], preset: str) -> list[dict[str, Any]]:

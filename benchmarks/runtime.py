@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ticor.benchmarks._common import test_pairs
 from ticor.bundle import IMAGE_INPUT, TEXT_INPUTS
 from ticor.paths import cache_dir
 
@@ -38,21 +39,15 @@ r = m.score(sys.argv[2], sys.argv[3])
 t1 = time.perf_counter()
 pairs = json.loads(sys.argv[4])
 m.score_batch([(t, p) for t, p in pairs])
-# VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec
-hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({"cold_s": t1 - t0, "peak_rss_mb": hwm / 1024}))
+from ticor.benchmarks._common import peak_rss_mb
+print(json.dumps({"cold_s": t1 - t0, "peak_rss_mb": peak_rss_mb()}))
 """
-
-
-def _pairs(data: Path, n: int) -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in (data / "pairs" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
-    return [(r["text"], str(data / r["image"])) for r in rows[:n]]
 
 
 def bench(bundle: Path, data: Path, runs: int, arena: bool = True) -> dict:
     from ticor import Matcher
 
-    pairs = _pairs(data, 2000)
+    pairs = [(r["text"], r["image"]) for r in test_pairs(data, 2000)]
     cold = []
     for i in range(runs):
         t, p = pairs[i]

@@ -27,21 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ticor.benchmarks._common import load_torch_model, test_pairs, torch_pixels, user_tokenizer
 from ticor.paths import cache_dir
 
 _RSS = """
 import sys
 from ticor.cli import main
+from ticor.benchmarks._common import peak_rss_mb
 code = main(sys.argv[1:])
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(f"VMHWM {hwm}", file=sys.stderr)
+print(f"PEAK_RSS_MB {peak_rss_mb()}", file=sys.stderr)
 sys.exit(code)
 """
-
-
-def _pairs(data: Path, n: int) -> list[dict]:
-    rows = [json.loads(x) for x in (data / "pairs" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
-    return [{"id": f"p{i}", "text": r["text"], "image": str(data / r["image"])} for i, r in enumerate(rows[:n])]
 
 
 def _csv(rows: list[dict], path: Path, repeat: int = 1) -> Path:
@@ -56,35 +52,16 @@ def _csv(rows: list[dict], path: Path, repeat: int = 1) -> Path:
 
 def torch_rate(preset_name: str, rows: list[dict]) -> tuple[float, np.ndarray]:
     import torch
-    from PIL import Image, ImageOps
-    from transformers import PreTrainedTokenizerFast
 
-    from ticor.export.model import PRESETS, Matcher, load_backbones
-    from ticor.export.train import default_run_dir, load_trained
+    from ticor.export.train import default_run_dir
 
     torch.set_num_threads(2)
-    preset = PRESETS[preset_name]
-    bb = load_backbones(preset)
-    model = Matcher(preset, bb.bert, bb.cnn)
-    load_trained(model, default_run_dir(preset_name) / "trained.safetensors")
-    model.eval()
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(bb.tokenizer), pad_token=preset.text_spec.pad_token)
+    model, preset, tokenizer_file = load_torch_model(default_run_dir(preset_name), preset_name)
+    tok = user_tokenizer(tokenizer_file, preset.text_spec.pad_token)
     spec = preset.image_spec
-    mean = torch.tensor(spec.mean).view(3, 1, 1)
-    std = torch.tensor(spec.std).view(3, 1, 1)
 
     def picture(path: str) -> torch.Tensor:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGBA")
-        base = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        base.alpha_composite(im)
-        rgb = base.convert("RGB")
-        side = max(rgb.size)
-        sq = Image.new("RGB", (side, side), (255, 255, 255))
-        sq.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
-        sq = sq.resize((spec.size, spec.size), Image.LANCZOS)
-        t = torch.from_numpy(np.asarray(sq).copy()).permute(2, 0, 1).float() / 255.0
-        return (t - mean) / std
+        return torch_pixels(path, spec.size, spec.mean, spec.std)
 
     scores = []
     t0 = time.perf_counter()
@@ -108,8 +85,8 @@ def ticor_rate(args: list[str], env_cache: Path) -> tuple[float, int]:
         raise RuntimeError(r.stderr)
     line = next(x for x in r.stderr.splitlines() if x.startswith("ticor score:") and "rows/s" in x)
     rate = float(line.split(" rows/s")[0].rsplit(" ", 1)[1])
-    hwm = int(next(x for x in r.stderr.splitlines() if x.startswith("VMHWM")).split()[1])
-    return rate, hwm
+    rss = float(next(x for x in r.stderr.splitlines() if x.startswith("PEAK_RSS_MB")).split()[1])
+    return rate, rss
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-rows", default="10000,1000000", help="input sizes for the memory check")
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args(argv)
-    rows = _pairs(Path(a.data), a.rows)
+    rows = test_pairs(Path(a.data), a.rows)
     res: dict = {"bundle": a.bundle, "rows": len(rows)}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -131,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         res["torch_eager_fp32_rows_per_s"], torch_scores = torch_rate(a.preset, rows)
         res["cold"] = {}
         for bs in [int(x) for x in a.batch_sizes.split(",")]:
-            rate, hwm = ticor_rate([str(inp), "-o", str(tmp / f"cold-{bs}.jsonl"), *base, "--no-cache",
+            rate, rss = ticor_rate([str(inp), "-o", str(tmp / f"cold-{bs}.jsonl"), *base, "--no-cache",
                                     "--batch-size", str(bs)], tmp / "cache-unused")
-            res["cold"][bs] = {"rows_per_s": rate, "peak_rss_mb": hwm / 1024}
+            res["cold"][bs] = {"rows_per_s": rate, "peak_rss_mb": rss}
         best = max(res["cold"], key=lambda b: res["cold"][b]["rows_per_s"])
         got = [json.loads(x)["score"] for x in (tmp / f"cold-{best}.jsonl").read_text().splitlines()]
         res["max_score_diff_vs_torch"] = float(np.max(np.abs(np.array(got) - torch_scores)))
@@ -143,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         res["rss"] = {}
         for n in [int(x) for x in a.rss_rows.split(",") if x]:
             big = _csv(rows, tmp / f"big-{n}.csv", repeat=max(1, n // len(rows)))
-            rate, hwm = ticor_rate([str(big), "-o", str(tmp / f"big-{n}.jsonl"), *base, "--batch-size", "256"],
+            rate, rss = ticor_rate([str(big), "-o", str(tmp / f"big-{n}.jsonl"), *base, "--batch-size", "256"],
                                    tmp / "cache")
-            res["rss"][n] = {"rows": max(1, n // len(rows)) * len(rows), "peak_rss_mb": hwm / 1024,
+            res["rss"][n] = {"rows": max(1, n // len(rows)) * len(rows), "peak_rss_mb": rss,
                              "rows_per_s": rate}
             big.unlink()
             (tmp / f"big-{n}.jsonl").unlink(missing_ok=True)

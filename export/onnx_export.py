@@ -39,8 +39,9 @@ from ticor.bundle import (
 )
 from ticor.errors import TicorError, UsageError
 from ticor.export.data import Dataset, load_dataset
+from ticor.export.evaluation import pair_scores, rank_matrix, retrieval_truth
 from ticor.export.model import PRESETS, Matcher, load_backbones
-from ticor.export.train import LOG_FILE, TRAINED_FILE, load_trained, pair_scores, rank_matrix, retrieval_truth
+from ticor.export.train import LOG_FILE, TRAINED_FILE, load_trained
 from ticor.metrics import evaluate
 from ticor.paths import cache_dir
 from ticor.preprocess import encode_texts, load_image, load_tokenizer

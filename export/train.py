@@ -41,6 +41,7 @@ from ticor._console import say
 from ticor._files import sha256_file
 from ticor.errors import UsageError
 from ticor.export.data import Dataset, load_dataset
+from ticor.export.evaluation import pair_scores, rank_matrix, retrieval_truth
 from ticor.export.features import ImageFeatures, TextFeatures, image_features, text_features
 from ticor.export.model import PRESETS, ArticleBaseline, Matcher, Preset, load_backbones
 from ticor.metrics import best_threshold, evaluate, roc_auc, table
@@ -291,32 +292,6 @@ def split_embeddings(model: Matcher, ds: Dataset, tf: TextFeatures, imf: ImageFe
     i_idx = [imf.index[p] for p in images]
     iv = torch.cat([_embed_images(model, imf, i_idx[i : i + 256]) for i in range(0, len(i_idx), 256)])
     return texts, tv, images, iv
-
-
-def pair_scores(head_fn, rows: list[dict], texts: list[str], tv: np.ndarray, images: list[str],
-                iv: np.ndarray) -> np.ndarray:
-    """Head probability for each pair row, from per-text and per-picture embeddings."""
-    ti = {t: i for i, t in enumerate(texts)}
-    ii = {p: i for i, p in enumerate(images)}
-    a = tv[[ti[r["text"]] for r in rows]]
-    b = iv[[ii[r["image"]] for r in rows]]
-    return head_fn(a, b)
-
-
-def rank_matrix(head_fn, tv: np.ndarray, iv: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """Head probability of every text against every picture ``[texts, images]``."""
-    out = np.empty((len(tv), len(iv)), dtype=np.float32)
-    for s in range(0, len(tv), chunk):
-        t = tv[s : s + chunk]
-        a = np.repeat(t, len(iv), axis=0)
-        b = np.tile(iv, (len(t), 1))
-        out[s : s + len(t)] = head_fn(a, b).reshape(len(t), len(iv))
-    return out
-
-
-def retrieval_truth(ds: Dataset, texts: list[str], images: list[str]) -> list[set[int]]:
-    ii = {p: i for i, p in enumerate(images)}
-    return [{ii[p] for p in ds.positives_of(t) if p in ii} for t in texts]
 
 
 def torch_head(model: Matcher):

@@ -70,18 +70,13 @@ class _Embeddings:
     """Branch outputs per (graph file, split), each graph run once per split, pictures decoded once."""
 
     def __init__(self, work: Path, ds, m: Manifest) -> None:
-        import onnxruntime as ort
-
         self.work, self.ds, self.m = work, ds, m
-        self._ort = ort
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._pictures: dict[str, np.ndarray] = {}
         self._tok = load_tokenizer(m.root / TOKENIZER, m.text_spec)
 
     def _session(self, file: str):
-        opts = self._ort.SessionOptions()
-        opts.log_severity_level = 3
-        return self._ort.InferenceSession(str(self.work / file), opts, providers=["CPUExecutionProvider"])
+        return _cpu_session(self.work / file)
 
     def get(self, g: Graph, split: str) -> np.ndarray:
         key = (g.file, split)
@@ -110,7 +105,7 @@ class _Embeddings:
         return lambda a, b: s.run(None, {HEAD_INPUTS[0]: a, HEAD_INPUTS[1]: b})[0]
 
     def scores(self, combo: dict[str, Graph], split: str, with_rank: bool = False):
-        from ticor.export.train import pair_scores, rank_matrix, retrieval_truth
+        from ticor.export.evaluation import pair_scores, rank_matrix, retrieval_truth
 
         tv, iv = self.get(combo["text"], split), self.get(combo["image"], split)
         head = self.head_fn(combo["head"])
@@ -141,13 +136,18 @@ def calibration_set(ds, count: int) -> list[str]:
     return images[::step][:count]
 
 
-def _latency(path: Path, feeds: dict[str, np.ndarray], runs: int = 100) -> float:
+def _cpu_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
     opts.log_severity_level = 3
-    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _latency(path: Path, feeds: dict[str, np.ndarray], runs: int = 100) -> float:
+    s = _cpu_session(path, threads=2)
     for _ in range(5):
         s.run(None, feeds)
     times = []

@@ -104,6 +104,17 @@ def open_image(source: ImageInput) -> Image.Image:
     return decode(data or b"", name)
 
 
+def picture_pixels(image: Image.Image, spec, name: str) -> np.ndarray:
+    """The graph input for a decoded picture (:func:`ticor.preprocess.image_array`); Pillow failing
+    on it after a clean decode (rare modes) is a ``decode_error`` like any other."""
+    from ticor.preprocess import image_array
+
+    try:
+        return image_array(image, spec)
+    except (OSError, ValueError) as exc:
+        raise InputError("decode_error", f"{name}: {exc}") from None
+
+
 def read_source(source: ImageInput) -> tuple[bytes | None, str]:
     """``(encoded bytes, name)`` for a path, bytes or binary file (``None`` bytes for a Pillow image
     or an array). Lets a caller hash the content before deciding to decode it at all."""

@@ -36,9 +36,9 @@ from ticor.bundle import (
 )
 from ticor.embcache import DEFAULT_MAX_BYTES, EmbeddingCache, content_key
 from ticor.errors import UsageError
-from ticor.inputs import ImageInput, InputError, clean_text, decode, open_image, read_source
+from ticor.inputs import ImageInput, InputError, clean_text, decode, open_image, picture_pixels, read_source
 from ticor.paths import cache_dir
-from ticor.preprocess import encode_texts, image_array, load_tokenizer
+from ticor.preprocess import encode_texts, load_tokenizer
 from ticor.sessions import SessionConfig, create_session, resolve_providers, threads_from_env
 
 __all__ = ["Match", "Matcher", "PreparedBatch", "Ranked", "Ranking", "default_bundle"]
@@ -233,7 +233,7 @@ class Matcher:
             try:
                 data, name = read_source(src)
                 if data is None:  # in-memory picture: hash the prepared pixels
-                    arr = image_array(open_image(src), self._image_spec)
+                    arr = picture_pixels(open_image(src), self._image_spec, name)
                     keys[i], sources[i] = content_key(arr.tobytes()), arr
                 else:
                     keys[i], sources[i] = content_key(data), (data, name)
@@ -249,14 +249,10 @@ class Matcher:
         for k, idx in todo.items():
             src = sources[idx[0]]
             try:
-                arr = src if isinstance(src, np.ndarray) else image_array(decode(*src), self._image_spec)
+                arr = src if isinstance(src, np.ndarray) else picture_pixels(decode(*src), self._image_spec, src[1])
             except InputError as exc:
                 for i in idx:
                     errors[i] = exc
-                continue
-            except (OSError, ValueError) as exc:  # Pillow failing after a clean decode (rare modes)
-                for i in idx:
-                    errors[i] = InputError("decode_error", f"{src[1] if isinstance(src, tuple) else 'image'}: {exc}")
                 continue
             ready.append((k, arr))
         return PreparedImages(len(images), keys, known, todo, ready, dict(sorted(errors.items())))

@@ -44,8 +44,8 @@ def _ray():
 
 def _prepare_batch(batch: dict[str, np.ndarray], image_spec: dict[str, Any]) -> dict[str, Any]:
     """Ray task: read, decode and preprocess each row's picture (errors become the row's status)."""
-    from ticor.inputs import InputError, clean_text, open_image
-    from ticor.preprocess import ImageSpec, image_array
+    from ticor.inputs import InputError, clean_text, open_image, picture_pixels
+    from ticor.preprocess import ImageSpec
 
     spec = ImageSpec.from_json(image_spec)
     blank = np.zeros(3 * spec.size * spec.size, np.float32)
@@ -60,12 +60,11 @@ def _prepare_batch(batch: dict[str, np.ndarray], image_spec: dict[str, Any]) -> 
             try:
                 c = clean_text(batch["text"][i])
                 text, fl = c.text, ",".join(c.flags)
-                px = image_array(open_image(str(batch["image"][i])), spec).ravel()
+                path = str(batch["image"][i])
+                px = picture_pixels(open_image(path), spec, path).ravel()
                 st, err = "ok", None
             except InputError as exc:
                 st, err = exc.kind, str(exc)
-            except (OSError, ValueError) as exc:
-                st, err = "decode_error", str(exc)
         pixels.append(px if px is not None else blank)
         status.append(st)
         error.append(err)
@@ -201,11 +200,7 @@ def score_with_ray(input_path: str, out: Path, bundle: Path, cols: Columns, imag
     if actors < 1 or cpus_per_actor < 1 or gpus_per_actor < 0:
         raise UsageError("--actors and --cpus-per-actor must be at least 1, --gpus-per-actor at least 0")
     m = read_manifest(bundle)  # verified here once; every actor verifies again
-
-    class _Ident:  # what _identity needs of a Matcher
-        manifest = m
-
-    ident = _identity(input_path, cols, image_root, _Ident)
+    ident = _identity(input_path, cols, image_root, m)
     if overwrite and out.exists():
         shutil.rmtree(out)
     if out.exists():

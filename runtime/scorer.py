@@ -89,15 +89,15 @@ def _shards(parts: Path) -> list[tuple[int, int, Path]]:
     return good
 
 
-def _identity(input_path: str, cols: Columns, image_root: Path | None, matcher) -> dict[str, Any]:
+def _identity(input_path: str, cols: Columns, image_root: Path | None, manifest) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "input": str(Path(input_path).resolve()),
         "input_sha256": sha256_file(Path(input_path)),
         "columns": [cols.id, cols.text, cols.image],
         "image_root": str(image_root.resolve()) if image_root else None,
-        "bundle_model_version": matcher.manifest.data.get("model_version"),
-        "bundle_files": {k: v["sha256"] for k, v in matcher.manifest.data["files"].items()},
+        "bundle_model_version": manifest.data.get("model_version"),
+        "bundle_files": {k: v["sha256"] for k, v in manifest.data["files"].items()},
     }
 
 
@@ -150,7 +150,7 @@ def score_file(matcher, input_path: str, out: Path | None, cols: Columns, image_
         if input_path == "-":
             raise UsageError("reading stdin, write to stdout (no -o): a stream cannot be resumed")
         parts = _parts_dir(out)
-        ident = _identity(input_path, cols, image_root, matcher)
+        ident = _identity(input_path, cols, image_root, matcher.manifest)
         if overwrite:
             shutil.rmtree(parts, ignore_errors=True)
             out.unlink(missing_ok=True)

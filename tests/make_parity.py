@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from tests.conftest import FIXTURE_DATA
+from ticor.benchmarks._common import torch_pixels, user_tokenizer
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "parity"
 SIZE, MEAN, STD = 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,35 +42,22 @@ def pictures() -> dict[str, Path]:
     return out
 
 
-def torch_pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGBA")
-    base = Image.new("RGBA", im.size, (255, 255, 255, 255))
-    base.alpha_composite(im)
-    rgb = base.convert("RGB")
-    side = max(rgb.size)
-    square = Image.new("RGB", (side, side), (255, 255, 255))
-    square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
-    square = square.resize((SIZE, SIZE), Image.LANCZOS)
-    t = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1).float().div(255.0)
-    t = (t - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-    return t.numpy()
+def reference_pixels(path: Path) -> np.ndarray:
+    return torch_pixels(path, SIZE, MEAN, STD).numpy()
 
 
 def main() -> None:
-    from transformers import PreTrainedTokenizerFast
-
     from ticor.export.model import PRESETS, load_backbones
 
     HERE.mkdir(parents=True, exist_ok=True)
     pics = pictures()
     preset = PRESETS["multilingual"]
     tok_file = load_backbones(preset).tokenizer
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), pad_token=preset.text_spec.pad_token)
+    tok = user_tokenizer(tok_file, preset.text_spec.pad_token)
     spec = preset.text_spec
     enc = tok([spec.prefix + t for t in TEXTS], padding=True, truncation=True, max_length=spec.max_length,
               return_tensors="np")
-    arrays = {f"pixels/{k}": torch_pixels(p) for k, p in pics.items()}
+    arrays = {f"pixels/{k}": reference_pixels(p) for k, p in pics.items()}
     arrays["input_ids"] = enc["input_ids"].astype(np.int64)
     arrays["attention_mask"] = enc["attention_mask"].astype(np.int64)
     np.savez_compressed(HERE / "reference.npz", **arrays)
