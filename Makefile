@@ -1,7 +1,8 @@
 # Two entry points on a fresh clone:
 #   make run   - set up .venv, build what is missing (dataset, trained model, fp32 and int8 bundles), print
 #                metrics and the quantization gate, score the sample pairs, print the quick benchmark table
-#   make test  - set up .venv, fetch the pinned data sources, run the whole test suite
+#   make test  - set up .venv, fetch the pinned data sources, lint (ruff), type-check the runtime (mypy),
+#                run the whole test suite
 # Downloads and built data live in $TICOR_CACHE (default ~/.cache/ticor), never in the repo.
 
 PYTHON ?= python3
@@ -9,11 +10,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv clean fixture
+.PHONY: run test check venv clean fixture
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test,bench,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test,bench,ray,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,7 +29,15 @@ run: $(STAMP)
 	  $(BIN)/ticor score examples/sample-pairs.csv --bundle "$$int8" && \
 	  $(BIN)/ticor bench --quick --bundle "$$int8" --quiet
 
-test: $(STAMP)
+# Lint everything; type-check the runtime package as it is installed (a tree of links under build/mypy,
+# since the package directories are mapped in pyproject.toml).
+check: $(STAMP)
+	$(BIN)/ruff check .
+	rm -rf build/mypy && mkdir -p build/mypy/ticor && \
+	  for f in runtime/*.py runtime/py.typed runtime/commands; do ln -s "../../../$$f" build/mypy/ticor/; done
+	$(BIN)/mypy -p ticor
+
+test: check
 	$(BIN)/ticor data fetch
 	$(BIN)/python -m pytest -q
 
@@ -37,4 +46,4 @@ fixture: $(STAMP)
 	$(BIN)/ticor data build --subset fixture --out tests/fixtures/data
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,1 +1,1 @@
-"""Latency next to accuracy and F1 (not built yet)."""
+"""`ticor bench` and the runtime and scorer benchmarks."""

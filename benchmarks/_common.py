@@ -54,12 +54,12 @@ def user_tokenizer(tokenizer_file: str | Path, pad_token: str):
 
 def load_torch_model(run_dir: Path, preset_name: str) -> tuple[Any, Any, Path]:
     """``(model in eval mode, preset, tokenizer file)`` of a finished training run."""
-    from ticor.export.model import PRESETS, Matcher, load_backbones
-    from ticor.export.train import load_trained
+    from ticor.training.checkpoint import load_trained
+    from ticor.training.model import PRESETS, MatchModel, load_backbones
 
     preset = PRESETS[preset_name]
     bb = load_backbones(preset)
-    model = Matcher(preset, bb.bert, bb.cnn)
+    model = MatchModel(preset, bb.bert, bb.cnn)
     load_trained(model, run_dir / "trained.safetensors")
     model.eval()
     return model, preset, bb.tokenizer

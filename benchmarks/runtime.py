@@ -23,12 +23,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ticor.benchmarks._common import test_pairs
-from ticor.bundle import IMAGE_INPUT, TEXT_INPUTS
-from ticor.paths import cache_dir
+from ticor.paths import bundle_dir, dataset_dir
+from ticor.preprocess import load_image
 
 _COLD = """
 import time
@@ -44,24 +45,22 @@ print(json.dumps({"cold_s": t1 - t0, "peak_rss_mb": peak_rss_mb()}))
 """
 
 
-def bench(bundle: Path, data: Path, runs: int, arena: bool = True) -> dict:
+def bench(bundle: Path, data: Path, runs: int, arena: bool = True) -> dict[str, Any]:
     from ticor import Matcher
 
     pairs = [(r["text"], r["image"]) for r in test_pairs(data, 2000)]
     cold = []
     for i in range(runs):
         t, p = pairs[i]
-        out = subprocess.run([sys.executable, "-c", _COLD, str(bundle), t, p, json.dumps(pairs[100:300]), "1" if arena else "0"],
+        out = subprocess.run([sys.executable, "-c", _COLD, str(bundle), t, p, json.dumps(pairs[100:300]),
+                              "1" if arena else "0"],
                              capture_output=True, text=True, check=True)
         cold.append(json.loads(out.stdout))
     m = Matcher.load(bundle, providers="cpu", memory_arena=arena)
-    s = m._sessions
     lat_e2e, lat_graphs = [], []
-    from ticor.preprocess import encode_texts, load_image
-
     for i in range(300):
         t, p = pairs[i % 200]
-        ids, mask = encode_texts(m._tok, [t], m.manifest.text_spec)
+        ids, mask = m.tokenize([t])
         pic = load_image(p, m.manifest.image_spec)[None]
         def e2e(t: str = t, p: str = p) -> float:
             t0 = time.perf_counter()
@@ -70,8 +69,8 @@ def bench(bundle: Path, data: Path, runs: int, arena: bool = True) -> dict:
 
         def graphs(ids: np.ndarray = ids, mask: np.ndarray = mask, pic: np.ndarray = pic) -> float:
             t0 = time.perf_counter()
-            tv = s["text"].run(None, {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask})[0]
-            iv = s["image"].run(None, {IMAGE_INPUT: pic})[0]
+            tv = m.run_branch("text", ids, mask)
+            iv = m.run_branch("image", pic)
             m.head(tv, iv)
             return (time.perf_counter() - t0) * 1e3
 
@@ -99,7 +98,7 @@ def bench(bundle: Path, data: Path, runs: int, arena: bool = True) -> dict:
     e2e, graphs = statistics.median(lat_e2e), statistics.median(lat_graphs)
     return {
         "bundle": str(bundle), "precision": m.manifest.precision, "memory_arena": arena,
-        "bundle_mb": sum(f["bytes"] for f in m.manifest.data["files"].values()) / 1e6,
+        "bundle_mb": m.manifest.size_bytes / 1e6,
         "cold_start_s": statistics.median(c["cold_s"] for c in cold),
         "cold_start_s_all": [round(c["cold_s"], 3) for c in cold],
         "peak_rss_mb": max(c["peak_rss_mb"] for c in cold),
@@ -112,12 +111,12 @@ def bench(bundle: Path, data: Path, runs: int, arena: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ticor.benchmarks.runtime", description=__doc__.split("\n")[0])
     ap.add_argument("bundles", nargs="*", help="bundle directories (default: CACHE/bundles/multilingual-int8)")
-    ap.add_argument("--data", default=str(cache_dir() / "dataset" / "full"), help="dataset with pairs/test.jsonl")
+    ap.add_argument("--data", default=str(dataset_dir()), help="dataset with pairs/test.jsonl")
     ap.add_argument("--runs", type=int, default=5, help="cold-start processes per bundle")
     ap.add_argument("--no-arena", action="store_true", help="sessions without onnxruntime's CPU memory arena")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
-    bundles = [Path(b) for b in args.bundles] or [cache_dir() / "bundles" / "multilingual-int8"]
+    bundles = [Path(b) for b in args.bundles] or [bundle_dir()]
     results = [bench(b, Path(args.data), args.runs, arena=not args.no_arena) for b in bundles]
     print(f"{'bundle':<28} {'MB':>7} {'cold s':>7} {'RSS MB':>7} {'e2e ms':>7} {'graphs':>7} {'ratio':>6} "
           f"{'head/s':>9} {'warm/s':>8}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ticor.benchmarks._common import load_torch_model, test_pairs, torch_pixels, user_tokenizer
-from ticor.paths import cache_dir
+from ticor.paths import bundle_dir, dataset_dir, run_dir
 
 _RSS = """
 import sys
@@ -53,10 +53,8 @@ def _csv(rows: list[dict], path: Path, repeat: int = 1) -> Path:
 def torch_rate(preset_name: str, rows: list[dict]) -> tuple[float, np.ndarray]:
     import torch
 
-    from ticor.export.train import default_run_dir
-
     torch.set_num_threads(2)
-    model, preset, tokenizer_file = load_torch_model(default_run_dir(preset_name), preset_name)
+    model, preset, tokenizer_file = load_torch_model(run_dir(preset_name), preset_name)
     tok = user_tokenizer(tokenizer_file, preset.text_spec.pad_token)
     spec = preset.image_spec
 
@@ -91,9 +89,9 @@ def ticor_rate(args: list[str], env_cache: Path) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ticor.benchmarks.scorer", description=__doc__.split("\n")[0])
-    ap.add_argument("--bundle", default=str(cache_dir() / "bundles" / "multilingual-int8"))
+    ap.add_argument("--bundle", default=str(bundle_dir()))
     ap.add_argument("--preset", default="multilingual")
-    ap.add_argument("--data", default=str(cache_dir() / "dataset" / "full"))
+    ap.add_argument("--data", default=str(dataset_dir()))
     ap.add_argument("--rows", type=int, default=2000, help="test pairs timed (default 2000)")
     ap.add_argument("--batch-sizes", default="16,64,256")
     ap.add_argument("--rss-rows", default="10000,1000000", help="input sizes for the memory check")
@@ -132,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ticor score, cold, batch {bs:>4}: {r['rows_per_s']:.0f} rows/s ({r['rows_per_s'] / t:.1f}x torch), "
               f"peak RSS {r['peak_rss_mb']:.0f} MB")
     print(f"ticor score, warm embedding cache: {res['warm_cache_rows_per_s']:.0f} rows/s")
-    for n, r in res["rss"].items():
-        print(f"ticor score, {r['rows']} rows (cached): peak RSS {r['peak_rss_mb']:.0f} MB, {r['rows_per_s']:.0f} rows/s")
+    for r in res["rss"].values():
+        print(f"ticor score, {r['rows']} rows (cached): peak RSS {r['peak_rss_mb']:.0f} MB, "
+              f"{r['rows_per_s']:.0f} rows/s")
     print(f"largest score difference, int8 bundle vs torch fp32: {res['max_score_diff_vs_torch']:.4f}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")

@@ -24,9 +24,6 @@ import hashlib
 import json
 import os
 import platform
-import random
-import shutil
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -34,50 +31,26 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from ticor._console import Progress
 from ticor.dataset import catalog
-from ticor.dataset.catalog import Concept, Skipped, norm_text
+from ticor.dataset.catalog import Concept, Skipped
+from ticor.dataset.licences import attribution, write_licenses
+from ticor.dataset.pairs import PAIRS_FORMAT, Record, image_path, make_pairs, verify
 from ticor.dataset.render import RENDER_VERSION, RenderJob, RenderResult, render_many
-from ticor.dataset.sources import SOURCES, Source, sha256_file
+from ticor.dataset.sources import SOURCES, sha256_file
+from ticor.dataset.splits import assign_splits, group_concepts, stable_hash
+from ticor.evaluation import SPLITS
 from ticor.imaging import BACKGROUND
 
 SCHEMA = "ticor.dataset/1"
 BUILDER_VERSION = 1
-SPLITS = ("train", "val", "test")
-SPLIT_TARGETS = {"train": 0.8, "val": 0.1, "test": 0.1}
 FIXTURE_CONCEPTS = {"emoji": 32, "tux": 24, "openclipart": 24}
 FIXTURE_PER_CLUSTER = 6
 CHUNK = 24
 
-PAIRS_FORMAT = """\
-One JSON object per line:
-  id          unique pair id, e.g. "test-000123"
-  text        the caption (str)
-  image       path of the picture relative to the dataset directory
-  label       1 if the text describes the picture, else 0
-  lang        "en" or "zh"
-  negative    null for positives, else "random" (another concept group) or
-              "hard" (a look-alike: same emoji subgroup or sibling, same Tux or clip-art folder)
-  text_kind   "name", "keywords", "sentence" or "title"
-  family      "emoji", "tux" or "openclipart" (of the text's concept)
-  image_source  which source drew the picture (noto, openmoji, fluent-flat, fluent-color, tux,
-              openclipart)
-Your own data needs only text, image and label (lang and negative are used in reports).
-"""
-
-
-class BuildError(RuntimeError):
-    """The build produced data that breaks one of its guarantees."""
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def _h(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
-
-
-def _rng(*parts: str) -> random.Random:
-    return random.Random(int(_h(*parts)[:16], 16))
 
 
 def _dump_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -96,30 +69,6 @@ def _dump_text(path: Path, text: str) -> None:
 
 def _dump_json(path: Path, obj: object) -> None:
     _dump_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
-
-
-class Progress:
-    """Rate-limited progress lines on stderr."""
-
-    def __init__(self, label: str, total: int, quiet: bool) -> None:
-        self.label, self.total, self.quiet = label, total, quiet
-        self.done = 0
-        self.start = self.last = time.monotonic()
-        self.interval = 2.0 if sys.stderr.isatty() else 15.0
-
-    def step(self, n: int = 1, extra: str = "") -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.quiet or (now - self.last < self.interval and self.done < self.total):
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        print(
-            f"[{self.label}] {self.done}/{self.total}  {rate:.0f}/s  ETA {eta:.0f}s  {extra}",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 # ---------------------------------------------------------------- options and result
@@ -164,8 +113,8 @@ def select_fixture(concepts: list[Concept]) -> list[Concept]:
             if c.family == family:
                 clusters[c.hard_keys[0]].append(c)
         taken: list[Concept] = []
-        for key in sorted(clusters, key=lambda k: _h("fixture", k)):
-            members = sorted(clusters[key], key=lambda c: _h("fixture", c.key))
+        for key in sorted(clusters, key=lambda k: stable_hash("fixture", k)):
+            members = sorted(clusters[key], key=lambda c: stable_hash("fixture", c.key))
             taken.extend(members[:FIXTURE_PER_CLUSTER])
             if len(taken) >= wanted:
                 break
@@ -195,7 +144,7 @@ def _render_all(
                 else:
                     done[row["key"]] = RenderResult(row["key"], None, row["reason"])
     todo = [j for j in jobs if j.key not in done]
-    progress = Progress("render", len(todo), options.quiet)
+    progress = Progress("ticor data build: render", len(todo), options.quiet)
     workers = options.jobs or os.cpu_count() or 1
     chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
     skipped_so_far = 0
@@ -229,274 +178,9 @@ def _render_all(
                 futures = [pool.submit(render_many, chunk, options.size) for chunk in chunks]
                 for future in as_completed(futures):
                     record(future.result())
+    if todo:
+        progress.close(f"skipped {skipped_so_far}")
     return done, len(todo)
-
-
-# ---------------------------------------------------------------- groups and splits
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def group_concepts(concepts: list[Concept], images: dict[str, list[str]]) -> list[str]:
-    """Group id per concept: concepts sharing a seed, a text, a picture or a noun are merged."""
-    uf = _UnionFind(len(concepts))
-    first: dict[str, int] = {}
-
-    def link(token: str, i: int) -> None:
-        if token in first:
-            uf.union(first[token], i)
-        else:
-            first[token] = i
-
-    for i, c in enumerate(concepts):
-        link("seed:" + c.seed, i)
-        for t in c.texts:
-            link("text:" + norm_text(t.text), i)
-        for digest in images[c.key]:
-            link("image:" + digest, i)
-        for noun in c.nouns:
-            if noun:
-                link("noun:" + noun, i)
-    # A head noun joins the concept whose whole name it is ("bengal tiger" -> "tiger").
-    for i, c in enumerate(concepts):
-        if c.head and "noun:" + c.head in first:
-            uf.union(first["noun:" + c.head], i)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(concepts)):
-        members[uf.find(i)].append(i)
-    group_of = [""] * len(concepts)
-    for idx in members.values():
-        gid = "g" + _h(*sorted(concepts[i].key for i in idx))[:12]
-        for i in idx:
-            group_of[i] = gid
-    return group_of
-
-
-def assign_splits(group_sizes: dict[str, int]) -> dict[str, str]:
-    """Biggest groups first, each to the split furthest below its target share."""
-    assigned = {s: 0 for s in SPLITS}
-    total = 0
-    split_of = {}
-    for gid in sorted(group_sizes, key=lambda g: (-group_sizes[g], _h("split", g))):
-        size = group_sizes[gid]
-        total += size
-        best = max(SPLITS, key=lambda s: (SPLIT_TARGETS[s] * total - assigned[s], -SPLITS.index(s)))
-        split_of[gid] = best
-        assigned[best] += size
-    return split_of
-
-
-# ---------------------------------------------------------------- pairs
-
-
-@dataclass
-class _Record:
-    """A concept after rendering, with its group and split."""
-
-    concept: Concept
-    images: list[tuple[str, str]]  # (image source, sha256), sorted
-    group: str
-    split: str
-
-    @property
-    def texts(self) -> list[catalog.Text]:
-        return self.concept.texts
-
-
-def _image_path(digest: str) -> str:
-    return f"images/{digest[:2]}/{digest}.png"
-
-
-def make_pairs(records: list[_Record], split: str) -> tuple[list[dict], Counter]:
-    """Positives for every text (and every picture), one negative per positive."""
-    recs = sorted((r for r in records if r.split == split), key=lambda r: r.concept.key)
-    positives_of: dict[str, set[str]] = defaultdict(set)  # normalised text -> picture hashes
-    for r in recs:
-        for t in r.texts:
-            positives_of[norm_text(t.text)].update(d for _, d in r.images)
-    by_hard: dict[str, list[_Record]] = defaultdict(list)
-    by_seed: dict[str, list[_Record]] = defaultdict(list)
-    for r in recs:
-        for key in r.concept.hard_keys:
-            by_hard[key].append(r)
-        by_seed[r.concept.seed].append(r)
-    notes: Counter = Counter()
-    pairs: list[dict] = []
-    seen_texts: set[str] = set()
-
-    def add(text: catalog.Text, r: _Record, img: tuple[str, str], label: int, neg: str | None) -> None:
-        """One pair of a text of ``r`` (the text's own concept) and a picture."""
-        pairs.append(
-            {
-                "text": text.text,
-                "lang": text.lang,
-                "text_kind": text.kind,
-                "family": r.concept.family,
-                "image": _image_path(img[1]),
-                "image_source": img[0],
-                "label": label,
-                "negative": neg,
-            }
-        )
-
-    def fits(text_rec: _Record, other: _Record) -> bool:
-        """Pictures the text may well describe, so never a negative: its toned pictures for a
-        toneless emoji name, and concepts merged into its group by a shared noun, text or
-        picture (the same thing from another source)."""
-        c, o = text_rec.concept, other.concept
-        if c.tone_base and not c.toned and c.tone_base == o.tone_base:
-            return True
-        return text_rec.group == other.group and c.seed != o.seed
-
-    def negative(t: catalog.Text, r: _Record, want_hard: bool, rng: random.Random) -> None:
-        forbidden = positives_of[norm_text(t.text)]
-        if want_hard:
-            pool: dict[str, _Record] = {}
-            for key in r.concept.hard_keys:
-                for o in by_hard[key]:
-                    pool[o.concept.key] = o
-            for o in by_seed[r.concept.seed]:  # tone and gender siblings
-                pool[o.concept.key] = o
-            candidates = [
-                (o, img)
-                for k, o in sorted(pool.items())
-                if k != r.concept.key and not fits(r, o)
-                for img in o.images
-                if img[1] not in forbidden
-            ]
-            if candidates:
-                _, img = rng.choice(candidates)
-                add(t, r, img, 0, "hard")
-                return
-            notes["hard negative unavailable, used random"] += 1
-        for _ in range(1000):
-            o = recs[rng.randrange(len(recs))]
-            if o.group == r.group:
-                continue
-            img = o.images[rng.randrange(len(o.images))]
-            if img[1] not in forbidden:
-                add(t, r, img, 0, "random")
-                return
-        notes["no negative found"] += 1
-
-    for r in recs:
-        rng = _rng("pairs", split, r.concept.key)
-        texts = [t for t in r.texts if norm_text(t.text) not in seen_texts]
-        seen_texts.update(norm_text(t.text) for t in texts)
-        start = rng.randrange(len(r.images))
-        plan: list[tuple[catalog.Text, tuple[str, str]]] = []
-        for k, t in enumerate(texts):
-            plan.append((t, r.images[(start + k) % len(r.images)]))
-        planned = {img[1] for _, img in plan}
-        for img in r.images:  # every picture appears in at least one positive
-            if img[1] not in planned and r.texts:
-                plan.append((r.texts[len(plan) % len(r.texts)], img))
-                planned.add(img[1])
-        hard_first = rng.random() < 0.5
-        for k, (t, img) in enumerate(plan):
-            add(t, r, img, 1, None)
-            negative(t, r, (k % 2 == 0) == hard_first, rng)
-    for i, p in enumerate(pairs):
-        p["id"] = f"{split}-{i:06d}"
-    return pairs, notes
-
-
-# ---------------------------------------------------------------- verification
-
-
-def verify(records: list[_Record], pairs: dict[str, list[dict]]) -> None:
-    """Raise BuildError unless splits are disjoint and every label is right."""
-    owner: dict[str, dict[str, str]] = {"group": {}, "image": {}, "text": {}}
-    for r in records:
-        tokens = {"group": [r.group], "image": [d for _, d in r.images],
-                  "text": [norm_text(t.text) for t in r.texts]}
-        for kind, values in tokens.items():
-            for v in values:
-                prev = owner[kind].setdefault(v, r.split)
-                if prev != r.split:
-                    raise BuildError(f"{kind} {v!r} is in both {prev} and {r.split}")
-    positives: dict[str, set[str]] = defaultdict(set)
-    for r in records:
-        for t in r.texts:
-            positives[norm_text(t.text)].update(_image_path(d) for _, d in r.images)
-    for split, rows in pairs.items():
-        for p in rows:
-            truth = int(p["image"] in positives[norm_text(p["text"])])
-            if truth != p["label"]:
-                raise BuildError(f"pair {p['id']} is labelled {p['label']} but should be {truth}")
-            if owner["image"].get(p["image"].split("/")[-1][:-4]) != split:
-                raise BuildError(f"pair {p['id']} uses a picture from another split")
-
-
-# ---------------------------------------------------------------- the build
-
-
-def _licenses(out: Path, roots: dict[str, Path], used: set[str]) -> dict[str, str]:
-    target = out / "licenses"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir()
-    shipped = {}
-    for name in sorted(used):
-        src: Source = SOURCES[name]
-        for rel in src.license_files:
-            dest = target / f"{name}-{Path(rel).name}"
-            shutil.copyfile(roots[name] / rel, dest)
-            shipped[dest.name] = sha256_file(dest)
-    gpl = Path("/usr/share/common-licenses/GPL-2")
-    if "tuxpaint-stamps" in used and gpl.exists():
-        shutil.copyfile(gpl, target / "GPL-2")
-        shipped["GPL-2"] = sha256_file(target / "GPL-2")
-    return shipped
-
-
-def _attribution(counts: Counter) -> str:
-    lines = [
-        "# Attribution",
-        "",
-        "The pictures and texts in this dataset come from the packages below, under their own",
-        "licenses; the license files are in `licenses/`. Pictures are re-rendered (cropped,",
-        "padded, resized, composited on white); texts are unchanged.",
-        "",
-        "| image source | package | license | pictures here |",
-        "|---|---|---|---|",
-    ]
-    for source in sorted(counts):
-        pkg = SOURCES[catalog.IMAGE_SOURCE_PACKAGE[source]]
-        lines.append(
-            f"| {source} | {pkg.registry} `{pkg.spec}` | {catalog.LICENSES[source]} | {counts[source]} |"
-        )
-    cldr = SOURCES["cldr"]
-    lines += [
-        f"| (texts) | {cldr.registry} `{cldr.spec}` | {cldr.license} | – |",
-        "",
-        "- **OpenMoji** – the open-source emoji and icon project, https://openmoji.org, "
-        "License: CC BY-SA 4.0. The rendered OpenMoji pictures are adaptations under the same "
-        "license.",
-        "- **Tux Paint stamps** – © the Tux Paint developers and stamp authors (see "
-        "`licenses/tuxpaint-stamps-copyright`), GPL-2.0-or-later; the full license text is "
-        "`licenses/GPL-2`. Descriptions and their Chinese translations come from the same package.",
-        "- **Noto Color Emoji** – © Google, SIL Open Font License 1.1.",
-        "- **Fluent Emoji** – © Microsoft, MIT License (npm repackaging `fluentui-emoji`).",
-        "- **Openclipart** – only drawings whose metadata dedicates them to the public domain.",
-        "- **Unicode CLDR** – emoji names and keywords, Unicode License (DFS-2016).",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _inputs_identity(options: BuildOptions, used: Iterable[str]) -> dict:
@@ -528,7 +212,7 @@ def up_to_date(out: Path, options: BuildOptions) -> dict | None:
             return None
     with (out / "items.jsonl").open(encoding="utf-8") as fh:
         pictures = {json.loads(line)["image"] for line in fh}
-    if manifest.get("images_sha256") != _h(*sorted(Path(p).stem for p in pictures)):
+    if manifest.get("images_sha256") != stable_hash(*sorted(Path(p).stem for p in pictures)):
         return None
     if not all((out / rel).is_file() for rel in pictures):
         return None  # a picture was deleted: rebuild (rendering resumes from the index)
@@ -582,9 +266,9 @@ def build(
     group_of = group_concepts(kept, images)
     group_sizes = Counter(group_of)
     split_of = assign_splits(dict(group_sizes))
-    cid = {c.key: "c" + _h("concept", c.key)[:12] for c in kept}
+    cid = {c.key: "c" + stable_hash("concept", c.key)[:12] for c in kept}
     records = [
-        _Record(c, with_images[c.key], group_of[i], split_of[group_of[i]])
+        Record(c, with_images[c.key], group_of[i], split_of[group_of[i]])
         for i, c in enumerate(kept)
     ]
 
@@ -597,7 +281,7 @@ def build(
 
     # ---- write
     items = [
-        {"image": _image_path(d), "source": s, "concept": cid[r.concept.key], "family": r.concept.family,
+        {"image": image_path(d), "source": s, "concept": cid[r.concept.key], "family": r.concept.family,
          "group": r.group, "split": r.split, "license": catalog.LICENSES[s]}
         for r in records for s, d in r.images
     ]
@@ -607,7 +291,7 @@ def build(
         for r in records for t in r.texts
     ]
     provenance = [
-        {"image": _image_path(str(done[job.key])), "source": s, "package": catalog.IMAGE_SOURCE_PACKAGE[s],
+        {"image": image_path(str(done[job.key])), "source": s, "package": catalog.IMAGE_SOURCE_PACKAGE[s],
          "ref": job.key.split(":", 1)[1]}
         for r in records for s, job in r.concept.jobs if isinstance(done[job.key], str)
     ]
@@ -633,9 +317,9 @@ def build(
             continue
         path.unlink()  # stale pictures of an earlier, different build, or temp files
     used_packages = {"cldr"} | {catalog.IMAGE_SOURCE_PACKAGE[s] for r in records for s, _ in r.images}
-    license_hashes = _licenses(out, roots, used_packages)
+    license_hashes = write_licenses(out, roots, used_packages)
     image_counts = Counter(s for r in records for s, _ in r.images)
-    _dump_text(out / "ATTRIBUTION.md", _attribution(image_counts))
+    _dump_text(out / "ATTRIBUTION.md", attribution(image_counts))
 
     manifest = _manifest(options, records, pairs, skipped, pair_notes, referenced)
     outputs = {
@@ -646,8 +330,8 @@ def build(
     }
     outputs.update({f"licenses/{k}": v for k, v in license_hashes.items()})
     manifest["outputs"] = dict(sorted(outputs.items()))
-    manifest["images_sha256"] = _h(*sorted(referenced))
-    manifest["dataset_sha256"] = _h(json.dumps(manifest["outputs"], sort_keys=True),
+    manifest["images_sha256"] = stable_hash(*sorted(referenced))
+    manifest["dataset_sha256"] = stable_hash(json.dumps(manifest["outputs"], sort_keys=True),
                                     manifest["images_sha256"])
     seconds = time.monotonic() - started
     _dump_json(out / "manifest.json", manifest)
@@ -669,7 +353,7 @@ def _version(dist: str) -> str:
         return "missing"
 
 
-def _manifest(options: BuildOptions, records: list[_Record], pairs: dict[str, list[dict]],
+def _manifest(options: BuildOptions, records: list[Record], pairs: dict[str, list[dict]],
               skipped: list[Skipped], pair_notes: Counter, referenced: set[str]) -> dict:
     def nested(rows: Iterable[tuple[str, ...]]) -> dict:
         result: dict = {}

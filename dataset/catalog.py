@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import re
-import unicodedata
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ticor.dataset.render import RenderJob
+from ticor.evaluation import norm_text
 
 CLDR_DIR = "usr/share/unicode/cldr/common"
 NOTO_FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
@@ -80,13 +80,6 @@ class Skipped:
     source: str
     ref: str
     reason: str
-
-
-def norm_text(text: str) -> str:
-    """Identity of a text: NFKC, case-folded, punctuation and extra spaces removed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = re.sub(r"[\s\W_]+", " ", text, flags=re.UNICODE)
-    return text.strip()
 
 
 def _singular(word: str) -> str:

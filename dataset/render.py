@@ -80,7 +80,7 @@ def _draw_svg(path: str, size: int) -> Image.Image:
         image.load()
     except Skip:
         raise
-    except Exception as exc:  # cairosvg raises many unrelated types on bad input
+    except Exception as exc:  # noqa: BLE001 - cairosvg raises many unrelated types on bad input
         raise Skip(f"svg render failed: {type(exc).__name__}") from None
     return to_rgba(image)
 
@@ -105,7 +105,7 @@ def _square(rgba: Image.Image, size: int) -> Image.Image:
     content = rgba.crop(box)
     if max(content.size) < MIN_CONTENT_PX:
         raise Skip("content too small")
-    side = int(round(max(content.size) / (1 - 2 * MARGIN)))
+    side = round(max(content.size) / (1 - 2 * MARGIN))
     square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     square.paste(content, ((side - content.width) // 2, (side - content.height) // 2))
     return square.resize((size, size), Image.Resampling.LANCZOS)

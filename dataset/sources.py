@@ -21,11 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ticor._files import sha256_file
-from ticor.paths import cache_dir
-
-
-class SourceError(RuntimeError):
-    """A source package could not be fetched, verified or extracted."""
+from ticor.errors import SourceError
+from ticor.paths import cache_path
 
 
 @dataclass(frozen=True)
@@ -140,11 +137,11 @@ _SKIP_SUFFIXES = (".ogg", ".wav")
 
 
 def downloads_dir(cache: Path | None = None) -> Path:
-    return (cache or cache_dir()) / "downloads"
+    return cache_path("downloads", root=cache)
 
 
 def sources_dir(cache: Path | None = None) -> Path:
-    return (cache or cache_dir()) / "sources"
+    return cache_path("sources", root=cache)
 
 
 def _download(source: Source, target_dir: Path) -> Path:
@@ -231,7 +228,7 @@ def extract(source: Source, cache: Path | None = None) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    archive = _deb_data_tar(package) if source.registry == "debian" else tarfile.open(package)
+    archive = _deb_data_tar(package) if source.registry == "debian" else tarfile.open(package)  # noqa: SIM115 - closed by the `with` below
     with archive:
         for member in archive:
             if not (member.isfile() and _wanted(member.name, source)):

@@ -1,1 +1,1 @@
-"""Build side: pretrained weights, training and ONNX export (needs the build extra)."""
+"""Build side: a trained run as a validated fp32 ONNX bundle (needs the build extra)."""

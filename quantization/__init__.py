@@ -1,1 +1,1 @@
-"""Quantized edge bundles with an accuracy gate (not built yet)."""
+"""Build side: int8 and fp16 bundles behind an accuracy gate (needs onnx)."""

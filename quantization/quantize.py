@@ -15,8 +15,8 @@ decisions), then the **gate** compares it with fp32 on test: F1 within 0.5 point
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import shutil
 import statistics
 import tempfile
@@ -29,32 +29,28 @@ import numpy as np
 
 from ticor import __version__
 from ticor._console import say
-from ticor._files import sha256_file
 from ticor.bundle import (
+    BRANCHES,
     GRAPH_FILES,
     HEAD_INPUTS,
     IMAGE_INPUT,
     MANIFEST,
     TEXT_INPUTS,
-    TOKENIZER,
-    BundleError,
+    Gate,
     Manifest,
+    Quantization,
     read_manifest,
+    write_bundle,
 )
-from ticor.errors import TicorError, UsageError
+from ticor.errors import BundleError, GateError, UsageError
+from ticor.evaluation import Dataset, load_dataset, split_scores
 from ticor.metrics import at_threshold, evaluate, roc_auc
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
 from ticor.quantization.graphs import CALIBRATION_METHODS, TEXT_RECIPES, quantize_image, quantize_text, to_fp16
+from ticor.sessions import plain_cpu_session
 
 MAX_F1_DROP = 0.005  # absolute F1 (0.5 points)
 MIN_AGREEMENT = 0.99
-
-
-class GateError(TicorError):
-    """A quantized variant lost too much against fp32; nothing was written."""
-
-
-BRANCHES = ("text", "image", "head")
 
 
 @dataclass(frozen=True)
@@ -69,14 +65,14 @@ class Graph:
 class _Embeddings:
     """Branch outputs per (graph file, split), each graph run once per split, pictures decoded once."""
 
-    def __init__(self, work: Path, ds, m: Manifest) -> None:
+    def __init__(self, work: Path, ds: Dataset, m: Manifest) -> None:
         self.work, self.ds, self.m = work, ds, m
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._pictures: dict[str, np.ndarray] = {}
-        self._tok = load_tokenizer(m.root / TOKENIZER, m.text_spec)
+        self._tok = load_tokenizer(m.tokenizer_path, m.text_spec)
 
-    def _session(self, file: str):
-        return _cpu_session(self.work / file)
+    def _session(self, file: str) -> Any:
+        return plain_cpu_session(self.work / file)
 
     def get(self, g: Graph, split: str) -> np.ndarray:
         key = (g.file, split)
@@ -85,7 +81,7 @@ class _Embeddings:
             if g.branch == "text":
                 texts = self.ds.split_texts(split)
                 order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-                out = np.empty((len(texts), self.m.data["embedding_dim"]), np.float32)
+                out = np.empty((len(texts), self.m.embedding_dim), np.float32)
                 for k in range(0, len(order), 64):
                     idx = order[k : k + 64]
                     ids, mask = encode_texts(self._tok, [texts[i] for i in idx], self.m.text_spec)
@@ -100,19 +96,13 @@ class _Embeddings:
             self._cache[key] = out
         return self._cache[key]
 
-    def head_fn(self, g: Graph):
+    def head_fn(self, g: Graph) -> Any:
         s = self._session(g.file)
         return lambda a, b: s.run(None, {HEAD_INPUTS[0]: a, HEAD_INPUTS[1]: b})[0]
 
-    def scores(self, combo: dict[str, Graph], split: str, with_rank: bool = False):
-        from ticor.export.evaluation import pair_scores, rank_matrix, retrieval_truth
-
+    def scores(self, combo: dict[str, Graph], split: str, with_rank: bool = False) -> tuple[np.ndarray, Any]:
         tv, iv = self.get(combo["text"], split), self.get(combo["image"], split)
-        head = self.head_fn(combo["head"])
-        texts, images = self.ds.split_texts(split), self.ds.split_images(split)
-        scores = pair_scores(head, self.ds.pairs[split], texts, tv, images, iv)
-        rank = (rank_matrix(head, tv, iv, chunk=64), retrieval_truth(self.ds, texts, images)) if with_rank else None
-        return scores, rank
+        return split_scores(self.ds, split, tv, iv, self.head_fn(combo["head"]), with_rank=with_rank)
 
 
 def matched_threshold(scores: np.ndarray, rate: float) -> float:
@@ -127,7 +117,7 @@ def matched_threshold(scores: np.ndarray, rate: float) -> float:
     return float(np.quantile(scores, 1.0 - rate))
 
 
-def calibration_set(ds, count: int) -> list[str]:
+def calibration_set(ds: Dataset, count: int) -> list[str]:
     """``count`` train pictures spread evenly over the sorted train split (deterministic)."""
     images = ds.split_images("train")
     if not images:
@@ -136,18 +126,8 @@ def calibration_set(ds, count: int) -> list[str]:
     return images[::step][:count]
 
 
-def _cpu_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _latency(path: Path, feeds: dict[str, np.ndarray], runs: int = 100) -> float:
-    s = _cpu_session(path, threads=2)
+    s = plain_cpu_session(path, threads=2)
     for _ in range(5):
         s.run(None, feeds)
     times = []
@@ -160,15 +140,13 @@ def _latency(path: Path, feeds: dict[str, np.ndarray], runs: int = 100) -> float
 
 def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibration: int = 256,
              methods: tuple[str, ...] = CALIBRATION_METHODS, calibration_override: list[str] | None = None,
-             text: str = "auto", image: str = "auto", force: bool = False, quiet: bool = False) -> dict[str, Any]:
+             text: str = "auto", image: str = "auto", force: bool = False, quiet: bool = False) -> Manifest:
     """Write (or reuse) the quantized bundle ``out``; returns its manifest data.
 
     ``text``/``image``: ``auto`` (the fastest graph of that branch that keeps the gate on
     validation, else fp32) or a graph name from the table to force (``fp32``, ``int8-dynamic``,
-    ``int8-weights``, ``int8-minmax``, ``fp16``...).
+    ``int8-weights``, ``int8-minmax``, ``fp16``...). Returns the written bundle's manifest.
     """
-    from ticor.export.data import load_dataset
-
     if precision not in ("int8", "fp16"):
         raise UsageError(f"precision must be int8 or fp16, not {precision!r}")
     bad = [m for m in methods if m not in CALIBRATION_METHODS]
@@ -180,15 +158,15 @@ def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibrat
     if not force and (out / MANIFEST).is_file():
         try:
             done = read_manifest(out)
-            q = done.data.get("quantization", {})
-            if q.get("source_model_version") == m.data["model_version"] and q.get("asked") == {
+            q = done.quantization
+            if q is not None and q.source_model_version == m.model_version and q.asked == {
                     "text": text, "image": image}:
                 say(quiet, f"ticor quantize: {out} is up to date")
-                return done.data
+                return done
         except BundleError as exc:
             say(quiet, f"ticor quantize: rebuilding {out} ({exc})")
     ds = load_dataset(data)
-    if ds.sha256 != m.data["data"]["dataset_sha256"]:
+    if m.dataset is None or ds.sha256 != m.dataset.dataset_sha256:
         raise UsageError(f"{data} is not the dataset {src} was trained on (dataset_sha256 differs)")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -200,8 +178,9 @@ def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibrat
             shutil.rmtree(work)
 
 
-def _build(m: Manifest, src: Path, work: Path, ds, precision: str, calibration: int, methods: tuple[str, ...],
-           calibration_override: list[str] | None, quiet: bool) -> tuple[list[Graph], dict, dict | None]:
+def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, calibration: int, methods: tuple[str, ...],
+           calibration_override: list[str] | None, quiet: bool) -> tuple[list[Graph], dict[str, Any],
+                                                                          dict[str, Any] | None]:
     """Every candidate graph of every branch, in ``work``; the fp32 graphs as links."""
     graphs = []
     for part, f in GRAPH_FILES.items():
@@ -212,12 +191,12 @@ def _build(m: Manifest, src: Path, work: Path, ds, precision: str, calibration: 
             to_fp16(work / f"{part}.fp32.onnx", work / f"{part}.fp16.onnx")
             graphs.append(Graph(part, "fp16", f"{part}.fp16.onnx"))
         return graphs, {"all": "float16 weights and compute; float32 inputs and outputs kept at the boundary"}, None
-    arch = m.data.get("architecture")
-    if not arch:
+    arch = m.architecture
+    if arch is None:
         raise UsageError(f"{src} was exported before bundles recorded their architecture; export it again")
     say(quiet, "ticor quantize: text branch -> fused, then int8 two ways (dynamic; weights only)")
     quantize_text(work / "text.fp32.onnx", {r: work / f"text.{r}.onnx" for r in TEXT_RECIPES},
-                  arch["text_num_heads"], arch["text_hidden_size"])
+                  arch.text_num_heads, arch.text_hidden_size)
     graphs += [Graph("text", r, f"text.{r}.onnx") for r in TEXT_RECIPES]
     pictures = calibration_override if calibration_override is not None else calibration_set(ds, calibration)
     arrays = [load_image(ds.root / p, m.image_spec) for p in pictures]
@@ -239,9 +218,9 @@ def _build(m: Manifest, src: Path, work: Path, ds, precision: str, calibration: 
     return graphs, recipe, calib
 
 
-def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, calibration: int,
+def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: str, calibration: int,
          methods: tuple[str, ...], calibration_override: list[str] | None, asked: dict[str, str],
-         quiet: bool) -> dict[str, Any]:
+         quiet: bool) -> Manifest:
     t_start = time.monotonic()
     graphs, recipe, calib_info = _build(m, src, work, ds, precision, calibration, methods,
                                         calibration_override, quiet)
@@ -253,10 +232,10 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
     fp32 = {part: by_branch[part][0] for part in BRANCHES}
 
     # batch-1 latency of every graph, side by side in this process
-    ids, mask = encode_texts(load_tokenizer(src / TOKENIZER, m.text_spec), ["a dog runs across the grass"],
+    ids, mask = encode_texts(load_tokenizer(m.tokenizer_path, m.text_spec), ["a dog runs across the grass"],
                              m.text_spec)
     picture = load_image(ds.root / ds.split_images("test")[0], m.image_spec)[None]
-    emb = np.full((1, m.data["embedding_dim"]), 1.0 / np.sqrt(m.data["embedding_dim"]), np.float32)
+    emb = np.full((1, m.embedding_dim), 1.0 / np.sqrt(m.embedding_dim), np.float32)
     feeds = {"text": {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask}, "image": {IMAGE_INPUT: picture},
              "head": {HEAD_INPUTS[0]: emb, HEAD_INPUTS[1]: emb}}
     latency = {g.file: _latency(work / g.file, feeds[g.branch]) for g in graphs}
@@ -310,10 +289,11 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
     # the gate, on test
     gate_row = row_for(chosen_graphs, "test")
     test_scores, rank = emb_cache.scores(chosen_graphs, "test", with_rank=True)
-    gate = {"variant": chosen["variant"], "fp32_test_f1": at_threshold(ys["test"], base["test"], m.threshold)["f1"],
-            "test_f1": gate_row["test_f1"], "f1_change": gate_row["test_f1_change"],
-            "agreement": gate_row["test_agreement"], "passed": gate_row["test_passes"]}
-    if not gate["passed"]:
+    gate = Gate(variant=chosen["variant"], fp32_test_f1=at_threshold(ys["test"], base["test"], m.threshold)["f1"],
+                test_f1=gate_row["test_f1"], f1_change=gate_row["test_f1_change"],
+                agreement=gate_row["test_agreement"], passed=gate_row["test_passes"], max_f1_drop=MAX_F1_DROP,
+                min_agreement=MIN_AGREEMENT)
+    if not gate.passed:
         culprits = []
         for part in ("text", "image"):
             if chosen_graphs[part].name == "fp32":
@@ -324,8 +304,8 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
                                 f"{alone['test_f1']:.4f}, agreement {alone['test_agreement']:.2%})")
         which = "; ".join(culprits) if culprits else "only the combination of the quantized branches"
         raise GateError(
-            f"gate failed for {chosen['variant']}: test F1 {gate['test_f1']:.4f} vs fp32 {gate['fp32_test_f1']:.4f} "
-            f"(allowed drop {MAX_F1_DROP:.3f}), decisions agree on {gate['agreement']:.2%} of test pairs "
+            f"gate failed for {chosen['variant']}: test F1 {gate.test_f1:.4f} vs fp32 {gate.fp32_test_f1:.4f} "
+            f"(allowed drop {MAX_F1_DROP:.3f}), decisions agree on {gate.agreement:.2%} of test pairs "
             f"(needs {MIN_AGREEMENT:.0%}). Failing on its own: {which}. Nothing was written.")
 
     # write the bundle
@@ -333,51 +313,33 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds, precision: str, cali
     final.mkdir()
     for part in BRANCHES:
         shutil.copyfile(work / chosen_graphs[part].file, final / GRAPH_FILES[part])
-    shutil.copyfile(src / TOKENIZER, final / TOKENIZER)
-    d = json.loads(json.dumps(m.data))
-    d["precision"] = precision
-    d["model_version"] = m.data["model_version"].replace("-fp32-", f"-{precision}-")
-    d["created_by"] = f"ticor {__version__} quantize"
-    d["files"] = {n: {"bytes": (final / n).stat().st_size, "sha256": sha256_file(final / n)}
-                  for n in sorted([*GRAPH_FILES.values(), TOKENIZER])}
-    d["threshold"] = chosen["threshold"]
-    d["threshold_source"] = ("the fp32 bundle's share of positive decisions on the val split, "
-                             "re-fitted after quantization")
-    d["metrics"] = {"test": evaluate(ds.pairs["test"], test_scores, chosen["threshold"], rank)}
-    d.pop("validation", None)
-    d["quantization"] = {
-        "source_model_version": m.data["model_version"],
-        "source_files": m.data["files"],
-        "asked": asked,
-        "branches": chosen["graphs"],
-        "recipe": recipe,
-        "calibration": calib_info,
-        "chosen": chosen["variant"],
-        "table": table,
-        "gate": gate | {"max_f1_drop": MAX_F1_DROP, "min_agreement": MIN_AGREEMENT},
-        "seconds": round(time.monotonic() - t_start, 1),
-    }
-    (final / MANIFEST).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    read_manifest(final)
-    if out.exists():
-        shutil.rmtree(out)
-    final.rename(out)
-    say(quiet, f"ticor quantize: gate passed ({gate_line(d)}); bundle written to {out}")
-    return d
+    shutil.copyfile(m.tokenizer_path, final / m.tokenizer)
+    written = write_bundle(final, out, dataclasses.replace(
+        m, precision=precision, model_version=m.model_version.replace("-fp32-", f"-{precision}-"),
+        created_by=f"ticor {__version__} quantize", threshold=chosen["threshold"],
+        threshold_source="the fp32 bundle's share of positive decisions on the val split, re-fitted after quantization",
+        metrics={"test": evaluate(ds.pairs["test"], test_scores, chosen["threshold"], rank)}, validation=None,
+        quantization=Quantization(
+            source_model_version=m.model_version, source_files=m.files, asked=asked, branches=chosen["graphs"],
+            recipe=recipe, calibration=calib_info, chosen=chosen["variant"], table=table, gate=gate,
+            seconds=round(time.monotonic() - t_start, 1))))
+    say(quiet, f"ticor quantize: gate passed ({gate_line(written)}); bundle written to {out}")
+    return written
 
 
-def gate_line(d: dict[str, Any]) -> str:
-    q = d["quantization"]
-    g = q["gate"]
-    size = sum(f["bytes"] for f in d["files"].values())
-    src = sum(f["bytes"] for f in q["source_files"].values())
-    branches = ", ".join(f"{p} {q['branches'][p]}" for p in BRANCHES)
-    return (f"{branches}: test F1 fp32 {g['fp32_test_f1']:.4f} -> {g['test_f1']:.4f} "
-            f"({g['f1_change'] * 100:+.2f} pts), decisions agree on {g['agreement']:.2%}, "
+def gate_line(m: Manifest) -> str:
+    q = m.quantization
+    if q is None:
+        return f"{m.root} is not a quantized bundle"
+    g = q.gate
+    size, src = m.size_bytes, q.source_bytes
+    branches = ", ".join(f"{p} {q.branches[p]}" for p in BRANCHES)
+    return (f"{branches}: test F1 fp32 {g.fp32_test_f1:.4f} -> {g.test_f1:.4f} "
+            f"({g.f1_change * 100:+.2f} pts), decisions agree on {g.agreement:.2%}, "
             f"size {src / 1e6:.1f} MB -> {size / 1e6:.1f} MB ({size / src:.0%})")
 
 
-def format_table(table: list[dict], chosen: dict | None = None) -> str:
+def format_table(table: list[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
     head = (f"{'text':<13} {'image':<16} {'head':<5} {'val F1':>7} {'dF1':>6} {'AUC':>6} {'agree':>7} "
             f"{'text ms':>8} {'image ms':>8} {'head ms':>8} {'MB':>7}")
     lines = [head]

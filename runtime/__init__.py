@@ -1,23 +1,30 @@
 """ticor: does this caption match this picture?
 
-The runtime half of the project: numpy, Pillow, tokenizers and one onnxruntime build.
-It never imports torch or transformers; the build side (dataset, training, export,
-quantization) lives in ``ticor.dataset``, ``ticor.export`` and ``ticor.quantization``
-and needs the ``build`` extra.
+The runtime half of the project: numpy, Pillow, tokenizers and one onnxruntime build. It never
+imports torch or transformers. The build side lives in ``ticor.dataset`` (the offline
+dataset), ``ticor.training`` (the torch model and its training), ``ticor.export`` (ONNX export
+and validation), ``ticor.quantization`` (int8/fp16 bundles behind an accuracy gate) and
+``ticor.benchmarks``; it needs the ``build`` extra. See ARCHITECTURE.md for what may import what.
 """
 
 from ticor._deps import onnxruntime_status, require_onnxruntime
-from ticor.errors import MissingDependencyError, TicorError, UsageError
+from ticor.errors import (
+    BundleError,
+    InputError,
+    MissingDependencyError,
+    ProviderError,
+    TicorError,
+    UsageError,
+)
 from ticor.paths import cache_dir
 
 __version__ = "0.1.0"
 
-_LAZY = {"Matcher": "ticor.matcher", "Match": "ticor.matcher", "Ranked": "ticor.matcher",
-         "Ranking": "ticor.matcher", "InputError": "ticor.inputs", "BundleError": "ticor.bundle",
-         "ProviderError": "ticor.sessions"}
+_LAZY = {"Matcher": "ticor.matcher", "Match": "ticor.results", "Ranked": "ticor.results",
+         "Ranking": "ticor.results"}
 
 
-def __getattr__(name: str):  # the runtime facade, imported on first use (keeps `ticor --version` instant)
+def __getattr__(name: str) -> object:  # the runtime facade, imported on first use (keeps `ticor --version` instant)
     if name in _LAZY:
         import importlib
 

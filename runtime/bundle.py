@@ -1,84 +1,355 @@
-"""The bundle format: graph input/output names, the manifest, and its verification.
+"""The bundle: the one contract between the build side and the runtime.
 
 A bundle is a directory with ``text.onnx``, ``image.onnx``, ``head.onnx``, ``tokenizer.json``
-and ``manifest.json``. The names below are defined once, here: the exporter writes them and
-the runtime reads them. :func:`read_manifest` refuses a bundle whose files do not match the
-sizes and sha256 sums its manifest records, before anything is loaded.
+and ``manifest.json``. This module owns all of it:
+
+* the graph input/output table (:data:`GRAPH_IO`), which the exporter writes and the runtime
+  checks, before any session exists and again against each session;
+* the manifest as typed dataclasses (:class:`Manifest` and its parts) with ``from_json`` and
+  ``to_json``; nothing outside this module reads a manifest key by string;
+* :func:`read_manifest`, which refuses a bundle whose files do not match the sizes and sha256
+  sums its manifest records, before anything is loaded;
+* :func:`write_bundle`, the one way a bundle is written (export and quantize): file records,
+  manifest, read back and verify, then a rename into place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ticor._files import sha256_file
-from ticor.errors import TicorError
+from ticor.errors import BundleError
 from ticor.preprocess import ImageSpec, TextSpec
 
 SCHEMA_VERSION = 1
+FORMAT = "ticor-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
-GRAPH_FILES = {"text": "text.onnx", "image": "image.onnx", "head": "head.onnx"}
+BRANCHES = ("text", "image", "head")
+GRAPH_FILES = {part: f"{part}.onnx" for part in BRANCHES}
+BUNDLE_FILES = (*GRAPH_FILES.values(), TOKENIZER)
+OPSET = 17
 
-TEXT_INPUTS = ("input_ids", "attention_mask")
-TEXT_OUTPUT = "text_embedding"
-IMAGE_INPUT = "pixel_values"
-IMAGE_OUTPUT = "image_embedding"
-HEAD_INPUTS = ("text_embedding", "image_embedding")
-HEAD_OUTPUT = "probability"
+Json = dict[str, Any]
+Metrics = dict[str, Any]  # one result of ticor.metrics.evaluate
 
 
-class BundleError(TicorError):
-    """A bundle is missing, malformed, or its files do not match the manifest."""
+# ---------------------------------------------------------------- the graph IO table
+@dataclass(frozen=True)
+class TensorIO:
+    name: str
+    dtype: str  # numpy name: float32, int64, float16
+    shape: tuple[int | str, ...]
+
+    def to_json(self) -> Json:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, d: Json) -> TensorIO:
+        return cls(d["name"], d["dtype"], tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str
+    opset: int
+    inputs: tuple[TensorIO, ...]
+    outputs: tuple[TensorIO, ...]
+    dynamic_axes: tuple[str, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    def torch_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``dynamic_axes`` in the form ``torch.onnx.export`` takes."""
+        return {t.name: {i: d for i, d in enumerate(t.shape) if d in self.dynamic_axes}
+                for t in (*self.inputs, *self.outputs)}
+
+    def to_json(self) -> Json:
+        return {"file": self.file, "opset": self.opset, "inputs": [i.to_json() for i in self.inputs],
+                "outputs": [o.to_json() for o in self.outputs], "dynamic_axes": list(self.dynamic_axes)}
+
+    @classmethod
+    def from_json(cls, d: Json) -> GraphSpec:
+        return cls(d["file"], int(d["opset"]), tuple(TensorIO.from_json(i) for i in d["inputs"]),
+                   tuple(TensorIO.from_json(o) for o in d["outputs"]), tuple(d.get("dynamic_axes", ())))
+
+
+def _io(name: str, dtype: str, *shape: int | str) -> TensorIO:
+    return TensorIO(name, dtype, shape)
+
+
+#: What every bundle's graphs take and give. Defined once: written by the exporter, checked at load.
+GRAPH_IO: dict[str, GraphSpec] = {
+    "text": GraphSpec(GRAPH_FILES["text"], OPSET,
+                      (_io("input_ids", "int64", "batch", "sequence"),
+                       _io("attention_mask", "int64", "batch", "sequence")),
+                      (_io("text_embedding", "float32", "batch", "embedding"),), ("batch", "sequence")),
+    "image": GraphSpec(GRAPH_FILES["image"], OPSET, (_io("pixel_values", "float32", "batch", 3, "size", "size"),),
+                       (_io("image_embedding", "float32", "batch", "embedding"),), ("batch",)),
+    "head": GraphSpec(GRAPH_FILES["head"], OPSET,
+                      (_io("text_embedding", "float32", "batch", "embedding"),
+                       _io("image_embedding", "float32", "batch", "embedding")),
+                      (_io("probability", "float32", "batch"),), ("batch",)),
+}
+TEXT_INPUTS = tuple(GRAPH_IO["text"].input_names)
+TEXT_OUTPUT = GRAPH_IO["text"].output_names[0]
+IMAGE_INPUT = GRAPH_IO["image"].input_names[0]
+IMAGE_OUTPUT = GRAPH_IO["image"].output_names[0]
+HEAD_INPUTS = tuple(GRAPH_IO["head"].input_names)
+HEAD_OUTPUT = GRAPH_IO["head"].output_names[0]
+
+
+# ---------------------------------------------------------------- the manifest
+@dataclass(frozen=True)
+class FileRecord:
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> FileRecord:
+        return cls(path.stat().st_size, sha256_file(path))
+
+    def to_json(self) -> Json:
+        return {"bytes": self.bytes, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, d: Json) -> FileRecord:
+        return cls(int(d["bytes"]), str(d["sha256"]))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    text_layers: int
+    text_hidden_size: int
+    text_num_heads: int
+    image_encoder: str
+
+    def to_json(self) -> Json:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Json) -> Architecture:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """The dataset the model was trained on."""
+
+    dataset_sha256: str
+    pairs: dict[str, int]
+
+    def to_json(self) -> Json:
+        return {"dataset_sha256": self.dataset_sha256, "pairs": dict(self.pairs)}
+
+    @classmethod
+    def from_json(cls, d: Json) -> DataRecord:
+        return cls(d["dataset_sha256"], dict(d.get("pairs", {})))
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    steps: int
+    epochs: float
+    seconds: dict[str, float]
+    config: Json
+    baseline_test: Metrics | None
+
+    def to_json(self) -> Json:
+        return {"steps": self.steps, "epochs": self.epochs, "seconds": self.seconds, "config": self.config,
+                "baseline_test": self.baseline_test}
+
+    @classmethod
+    def from_json(cls, d: Json) -> TrainingRecord:
+        return cls(d["steps"], d["epochs"], d["seconds"], d["config"], d.get("baseline_test"))
+
+
+@dataclass(frozen=True)
+class Gate:
+    variant: str
+    fp32_test_f1: float
+    test_f1: float
+    f1_change: float
+    agreement: float
+    passed: bool
+    max_f1_drop: float
+    min_agreement: float
+
+    def to_json(self) -> Json:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Json) -> Gate:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    source_model_version: str
+    source_files: dict[str, FileRecord]
+    asked: dict[str, str]
+    branches: dict[str, str]
+    recipe: Json
+    calibration: Json | None
+    chosen: str
+    table: list[Json]
+    gate: Gate
+    seconds: float
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(f.bytes for f in self.source_files.values())
+
+    def to_json(self) -> Json:
+        return {"source_model_version": self.source_model_version,
+                "source_files": {k: v.to_json() for k, v in self.source_files.items()}, "asked": self.asked,
+                "branches": self.branches, "recipe": self.recipe, "calibration": self.calibration,
+                "chosen": self.chosen, "table": self.table, "gate": self.gate.to_json(), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, d: Json) -> Quantization:
+        return cls(d["source_model_version"], {k: FileRecord.from_json(v) for k, v in d["source_files"].items()},
+                   d["asked"], d["branches"], d["recipe"], d.get("calibration"), d["chosen"], d["table"],
+                   Gate.from_json(d["gate"]), d["seconds"])
 
 
 @dataclass(frozen=True)
 class Manifest:
-    path: Path
-    data: dict[str, Any]
+    """``manifest.json`` of a bundle. ``root`` is the bundle directory it was read from."""
+
+    preset: str
+    description: str
+    precision: str  # fp32 | int8 | fp16
+    model_version: str
+    created_by: str
+    files: dict[str, FileRecord]
+    graphs: dict[str, GraphSpec]
+    embedding_dim: int
+    text_spec: TextSpec
+    image_spec: ImageSpec
+    threshold: float
+    threshold_source: str
+    tokenizer: str = TOKENIZER
+    architecture: Architecture | None = None
+    dataset: DataRecord | None = None  # "data" in the JSON
+    base_weights: tuple[Json, ...] = ()
+    source: Json | None = None  # what the bundle was exported from (trained sha, train key)
+    validation: Json | None = None  # the export's comparison with torch
+    metrics: dict[str, Metrics] = field(default_factory=dict)  # split -> metrics
+    training: TrainingRecord | None = None
+    quantization: Quantization | None = None
+    export_seconds: float | None = None
+    root: Path = field(default=Path(), compare=False)
 
     @property
-    def root(self) -> Path:
-        return self.path.parent
+    def path(self) -> Path:
+        return self.root / MANIFEST
 
     @property
-    def preset(self) -> str:
-        return self.data["preset"]
+    def size_bytes(self) -> int:
+        return sum(f.bytes for f in self.files.values())
 
     @property
-    def precision(self) -> str:
-        return self.data["precision"]
-
-    @property
-    def threshold(self) -> float:
-        return float(self.data["threshold"])
-
-    @property
-    def text_spec(self) -> TextSpec:
-        return TextSpec.from_json(self.data["text"]["spec"])
-
-    @property
-    def image_spec(self) -> ImageSpec:
-        return ImageSpec.from_json(self.data["image"]["spec"])
+    def trained_sha256(self) -> str | None:
+        """The trained weights the graphs came from (shared by a bundle and its quantized ones)."""
+        return (self.source or {}).get("trained_sha256")
 
     def file(self, name: str) -> Path:
         return self.root / name
 
+    def graph_path(self, part: str) -> Path:
+        return self.root / GRAPH_FILES[part]
 
-def verify_files(root: Path, files: dict[str, dict[str, Any]]) -> None:
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / self.tokenizer
+
+    def to_json(self) -> Json:
+        d: Json = {
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "preset": self.preset,
+            "description": self.description, "precision": self.precision, "model_version": self.model_version,
+            "created_by": self.created_by, "files": {k: v.to_json() for k, v in sorted(self.files.items())},
+            "graphs": {k: v.to_json() for k, v in self.graphs.items()}, "embedding_dim": self.embedding_dim,
+            "text": {"tokenizer": self.tokenizer, "spec": self.text_spec.to_json()},
+            "image": {"spec": self.image_spec.to_json()}, "threshold": self.threshold,
+            "threshold_source": self.threshold_source, "base_weights": list(self.base_weights),
+            "metrics": self.metrics,
+        }
+        optional = {"architecture": self.architecture, "data": self.dataset, "source": self.source,
+                    "validation": self.validation, "training": self.training, "quantization": self.quantization,
+                    "export_seconds": self.export_seconds}
+        for key, value in optional.items():
+            if value is not None:
+                d[key] = value.to_json() if hasattr(value, "to_json") else value
+        return d
+
+    @classmethod
+    def from_json(cls, d: Json, root: Path | str = ".") -> Manifest:
+        """A manifest from its JSON; :class:`BundleError` names what is missing or malformed."""
+        where = Path(root) / MANIFEST
+        _check_outline(d, where)
+        absent = [p for p in BRANCHES if p not in d["graphs"]]
+        if absent:
+            raise BundleError(f"{where}: no {absent[0]} graph declared")
+        try:
+            def opt(key: str, kind: Any) -> Any:
+                return kind.from_json(d[key]) if d.get(key) is not None else None
+
+            return cls(
+                preset=d["preset"], description=d.get("description", ""), precision=d["precision"],
+                model_version=d.get("model_version", "?"), created_by=d.get("created_by", "?"),
+                files={k: FileRecord.from_json(v) for k, v in d["files"].items()},
+                graphs={k: GraphSpec.from_json(v) for k, v in d["graphs"].items()},
+                embedding_dim=int(d["embedding_dim"]), text_spec=TextSpec.from_json(d["text"]["spec"]),
+                image_spec=ImageSpec.from_json(d["image"]["spec"]), threshold=float(d["threshold"]),
+                threshold_source=d.get("threshold_source", ""), tokenizer=d["text"].get("tokenizer", TOKENIZER),
+                architecture=opt("architecture", Architecture), dataset=opt("data", DataRecord),
+                base_weights=tuple(d.get("base_weights", ())), source=d.get("source"),
+                validation=d.get("validation"), metrics=dict(d.get("metrics", {})),
+                training=opt("training", TrainingRecord), quantization=opt("quantization", Quantization),
+                export_seconds=d.get("export_seconds"), root=Path(root))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _check_outline(d: Any, where: Path) -> None:
+    """Format, schema version, the top-level keys and the file list (all that verifying needs)."""
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise BundleError(f"{where}: not a ticor bundle manifest")
+    if d.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{where}: schema version {d.get('schema_version')!r}, this ticor reads {SCHEMA_VERSION}")
+    for key in ("preset", "precision", "files", "graphs", "text", "image", "threshold"):
+        if key not in d:
+            raise BundleError(f"{where}: the manifest has no {key!r}")
+    missing = sorted(set(BUNDLE_FILES) - set(d["files"]))
+    if missing:
+        raise BundleError(f"{where}: the manifest lists no {missing}")
+
+
+# ---------------------------------------------------------------- reading and verifying
+def verify_files(root: Path, files: dict[str, FileRecord]) -> None:
     """Raise :class:`BundleError` unless every listed file exists with its size and sha256."""
     for name, want in sorted(files.items()):
         p = root / name
         if not p.is_file():
             raise BundleError(f"{root}: {name} is missing")
         size = p.stat().st_size
-        if size != want["bytes"]:
-            raise BundleError(f"{root}: {name} has {size} bytes, the manifest says {want['bytes']}")
+        if size != want.bytes:
+            raise BundleError(f"{root}: {name} has {size} bytes, the manifest says {want.bytes}")
         got = sha256_file(p)
-        if got != want["sha256"]:
-            raise BundleError(f"{root}: {name} has sha256 {got}, the manifest says {want['sha256']} "
+        if got != want.sha256:
+            raise BundleError(f"{root}: {name} has sha256 {got}, the manifest says {want.sha256} "
                               "(modified or corrupt: refusing to load it)")
 
 
@@ -92,73 +363,50 @@ def read_manifest(bundle: Path | str, verify: bool = True) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != "ticor-bundle":
-        raise BundleError(f"{path}: not a ticor bundle manifest")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{path}: schema version {data.get('schema_version')!r}, this ticor reads "
-                          f"{SCHEMA_VERSION}")
-    for key in ("preset", "precision", "files", "graphs", "text", "image", "threshold"):
-        if key not in data:
-            raise BundleError(f"{path}: the manifest has no {key!r}")
-    needed = set(GRAPH_FILES.values()) | {TOKENIZER}
-    if not needed <= set(data["files"]):
-        raise BundleError(f"{path}: the manifest lists no {sorted(needed - set(data['files']))}")
-    if verify:
-        verify_files(root, data["files"])
-    return Manifest(path, data)
+    _check_outline(data, path)
+    if verify:  # the files first: a tampered bundle is refused whatever else its manifest says
+        try:
+            files = {k: FileRecord.from_json(v) for k, v in data["files"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{path}: malformed file list ({type(exc).__name__}: {exc})") from None
+        verify_files(root, files)
+    return Manifest.from_json(data, root)
 
 
-def describe(m: Manifest, verified: bool) -> str:
-    """The manifest as readable text (``ticor info``)."""
-    d = m.data
-    lines = [
-        f"bundle      {m.root}",
-        f"preset      {d['preset']} — {d.get('description', '')}",
-        f"precision   {d['precision']}    model version {d.get('model_version', '?')}",
-        f"created by  {d.get('created_by', '?')}",
-        f"threshold   {d['threshold']:.4f} ({d.get('threshold_source', '')})",
-        f"embedding   {d.get('embedding_dim')} dims",
-        "",
-        "files (size and sha256 verified)" if verified else "files (not verified)",
-    ]
-    q = d.get("quantization")
-    if q and q.get("branches"):
-        g = q["gate"]
-        lines.insert(4, "branches    " + ", ".join(f"{p} {q['branches'][p]}" for p in GRAPH_FILES if p in q["branches"])
-                     + f"    gate: test F1 {g['fp32_test_f1']:.4f} (fp32) -> {g['test_f1']:.4f}, "
-                     f"{g['agreement']:.2%} of decisions as fp32")
-    for name, f in sorted(d["files"].items()):
-        lines.append(f"  {name:<16} {f['bytes'] / 1e6:9.2f} MB  {f['sha256'][:16]}…")
-    lines.append(f"  {'total':<16} {sum(f['bytes'] for f in d['files'].values()) / 1e6:9.2f} MB")
-    lines.append("")
-    lines.append("graphs")
-    for part, g in d["graphs"].items():
-        ins = ", ".join(f"{i['name']} {i['dtype']}[{','.join(map(str, i['shape']))}]" for i in g["inputs"])
-        outs = ", ".join(f"{o['name']} {o['dtype']}[{','.join(map(str, o['shape']))}]" for o in g["outputs"])
-        lines.append(f"  {part:<6} {g['file']} opset {g['opset']}: {ins} -> {outs}")
-    t, im = d["text"], d["image"]["spec"]
-    lines += [
-        "",
-        (f"text        tokenizer {t['tokenizer']}, prefix {t['spec']['prefix']!r}, "
-         f"max length {t['spec']['max_length']}, pad {t['spec']['pad_token']}"),
-        (f"image       {im['size']}x{im['size']} {im['layout']} {im['dtype']}, fit {im['fit']}, "
-         f"resize {im['resize_filter']}, background {tuple(im['background'])}, "
-         f"EXIF transpose {im['exif_transpose']}"),
-        f"            mean {tuple(im['mean'])} std {tuple(im['std'])}",
-    ]
-    data = d.get("data", {})
-    if data:
-        lines += ["", f"trained on  dataset {data.get('dataset_sha256', '?')[:16]}… pairs "
-                      + ", ".join(f"{k} {v}" for k, v in data.get("pairs", {}).items())]
-    for src in d.get("base_weights", []):
-        lines.append(f"  from      {src['asset']} {src['file']} ({src['license']})")
-    metrics = d.get("metrics", {})
-    if metrics:
-        from ticor.metrics import table
+def check_declared_io(m: Manifest) -> None:
+    """The manifest's graph names must be the ones this runtime feeds (before any session)."""
+    for part, want in GRAPH_IO.items():
+        g = m.graphs[part]
+        if g.input_names != want.input_names or g.output_names != want.output_names:
+            raise BundleError(f"{m.path}: the {part} graph declares inputs {g.input_names} and outputs "
+                              f"{g.output_names}; this runtime feeds {want.input_names} -> {want.output_names}")
 
-        rows = [(f"{d['preset']} {d['precision']} (bundle, test)", metrics["test"])]
-        base = d.get("training", {}).get("baseline_test")
-        if base:
-            rows.append(("article baseline (frozen concat)", base))
-        lines += ["", "test split metrics (threshold from val)", table(rows)]
-    return "\n".join(lines)
+
+def check_session_io(path: Path, got_in: list[tuple[str, str]], got_out: list[tuple[str, str]],
+                     declared: GraphSpec) -> None:
+    """A loaded graph's ``(name, dtype)`` inputs and outputs must be the declared ones."""
+    want_in = [(i.name, i.dtype) for i in declared.inputs]
+    want_out = [(o.name, o.dtype) for o in declared.outputs]
+    if got_in != want_in or got_out != want_out:
+        raise BundleError(f"{path}: the graph has inputs {got_in} and outputs {got_out}, the manifest declares "
+                          f"{want_in} -> {want_out} (graphs from another build?)")
+
+
+# ---------------------------------------------------------------- writing
+def write_bundle(work: Path, out: Path, manifest: Manifest) -> Manifest:
+    """Turn the directory ``work`` (holding :data:`BUNDLE_FILES`) into the bundle ``out``.
+
+    The file records are computed here, the manifest is written, read back and verified, then
+    ``work`` is renamed to ``out`` (an older ``out`` is replaced). Returns the manifest of ``out``.
+    """
+    absent = [n for n in BUNDLE_FILES if not (work / n).is_file()]
+    if absent:
+        raise BundleError(f"{work}: cannot write a bundle without {', '.join(absent)}")
+    files = {n: FileRecord.of(work / n) for n in sorted(BUNDLE_FILES)}
+    final = dataclasses.replace(manifest, files=files, root=work)
+    (work / MANIFEST).write_text(json.dumps(final.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    read_manifest(work)  # what we wrote must read back and verify
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    return dataclasses.replace(final, root=out)

@@ -18,10 +18,16 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ticor.errors import TicorError
+from ticor.errors import InputError
+from ticor.preprocess import ImageSpec, image_array
 
 #: Formats opened at all; anything else (PSD, EPS, PDF, FITS, ...) is ``unsupported_format``.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: How each accepted format's files start (what :func:`is_image_bytes` recognises).
+_MAGIC = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "WEBP": (b"RIFF",), "GIF": (b"GIF87a", b"GIF89a"),
+          "BMP": (b"BM",), "TIFF": (b"II*\x00", b"MM\x00*")}
+#: File name extensions of the accepted formats (what ``ticor rank --images DIR`` picks up).
+EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 #: Pictures larger than this many pixels (width x height, from the header) are ``too_large``.
 MAX_PIXELS = 40_000_000
 #: Raw text is cut to this many characters before tokenizing (tokenizers are superlinear).
@@ -32,12 +38,10 @@ IMAGE_ERRORS = ("missing", "unreadable", "decode_error", "too_large", "unsupport
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
 
-class InputError(TicorError):
-    """One input cannot be used; ``kind`` is the row status (``missing``, ``decode_error``...)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
+def is_image_bytes(data: bytes) -> bool:
+    """Whether ``data`` starts like a picture in one of the accepted :data:`FORMATS`."""
+    return any(data.startswith(m) for magics in _MAGIC.values() for m in magics) and (
+        not data.startswith(b"RIFF") or data[8:12] == b"WEBP")
 
 
 def _describe(source: Any) -> str:
@@ -104,11 +108,9 @@ def open_image(source: ImageInput) -> Image.Image:
     return decode(data or b"", name)
 
 
-def picture_pixels(image: Image.Image, spec, name: str) -> np.ndarray:
+def picture_pixels(image: Image.Image, spec: ImageSpec, name: str) -> np.ndarray:
     """The graph input for a decoded picture (:func:`ticor.preprocess.image_array`); Pillow failing
     on it after a clean decode (rare modes) is a ``decode_error`` like any other."""
-    from ticor.preprocess import image_array
-
     try:
         return image_array(image, spec)
     except (OSError, ValueError) as exc:

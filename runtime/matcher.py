@@ -15,87 +15,43 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ticor.bundle import (
-    GRAPH_FILES,
+    BRANCHES,
+    GRAPH_IO,
     HEAD_INPUTS,
     HEAD_OUTPUT,
     IMAGE_INPUT,
     IMAGE_OUTPUT,
     TEXT_INPUTS,
     TEXT_OUTPUT,
-    TOKENIZER,
-    BundleError,
     Manifest,
+    check_declared_io,
+    check_session_io,
     read_manifest,
 )
 from ticor.embcache import DEFAULT_MAX_BYTES, EmbeddingCache, content_key
-from ticor.errors import UsageError
-from ticor.inputs import ImageInput, InputError, clean_text, decode, open_image, picture_pixels, read_source
-from ticor.paths import cache_dir
+from ticor.errors import BundleError, InputError, UsageError
+from ticor.inputs import ImageInput, clean_text, decode, is_image_bytes, open_image, picture_pixels, read_source
+from ticor.paths import bundle_dir, cache_path, embeddings_db
 from ticor.preprocess import encode_texts, load_tokenizer
-from ticor.sessions import SessionConfig, create_session, resolve_providers, threads_from_env
+from ticor.results import Match, PreparedBatch, PreparedImages, Ranked, Ranking
+from ticor.sessions import SessionConfig, create_session, resolve_providers, session_io, threads_from_env
 
 __all__ = ["Match", "Matcher", "PreparedBatch", "Ranked", "Ranking", "default_bundle"]
 
 TEXT_BATCH = 64
 IMAGE_BATCH = 16
 HEAD_BATCH = 4096
-_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
 
 
 def default_bundle() -> Path:
     """The bundle the main command builds: ``CACHE/bundles/multilingual-int8``."""
-    return cache_dir() / "bundles" / "multilingual-int8"
-
-
-@dataclass(frozen=True)
-class Match:
-    """One pair's result. ``score`` is the match probability; ``None`` with ``status`` != ``ok``."""
-
-    score: float | None
-    match: bool | None
-    status: str = "ok"
-    error: str | None = None
-    flags: tuple[str, ...] = ()  # about the text: "empty", "cut", "replaced"
-
-
-@dataclass(frozen=True)
-class Ranked:
-    index: int  # position in the candidates given to ``rank``
-    score: float
-    match: bool
-
-
-@dataclass(frozen=True)
-class Ranking:
-    hits: list[Ranked]  # best first, at most k
-    failed: list[tuple[int, str, str]]  # (index, status, error) of candidates that could not be used
-
-
-@dataclass(frozen=True)
-class PreparedImages:
-    n: int
-    keys: dict[int, str]  # index -> content key (absent: the picture failed)
-    known: dict[str, np.ndarray]  # content key -> cached vector
-    todo: dict[str, list[int]]  # content key -> indices still to embed
-    ready: list[tuple[str, np.ndarray]]  # (content key, prepared pixels) to run through the image graph
-    errors: dict[int, InputError]
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """A batch after :meth:`Matcher.prepare`, before :meth:`Matcher.finish`."""
-
-    texts: list[str | None]
-    flags: list[tuple[str, ...]]
-    errors: dict[int, InputError]
-    images: PreparedImages
+    return bundle_dir()
 
 
 class Matcher:
@@ -107,16 +63,17 @@ class Matcher:
         self._sessions = sessions
         self.config = config
         self._cache = cache
-        self._tok = load_tokenizer(manifest.root / TOKENIZER, manifest.text_spec)
+        self._tok = load_tokenizer(manifest.tokenizer_path, manifest.text_spec)
         self._text_spec = manifest.text_spec
         self._image_spec = manifest.image_spec
-        self.dim = int(manifest.data["embedding_dim"])
+        self.dim = manifest.embedding_dim
         self.threshold = manifest.threshold
-        files = manifest.data["files"]
-        specs = {p: repr(sorted(manifest.data[p]["spec"].items())) for p in ("text", "image")}
-        self._scope = {"text": content_key((files[GRAPH_FILES["text"]]["sha256"] + files[TOKENIZER]["sha256"]
+        files = manifest.files
+        specs = {"text": repr(sorted(manifest.text_spec.to_json().items())),
+                 "image": repr(sorted(manifest.image_spec.to_json().items()))}
+        self._scope = {"text": content_key((files[GRAPH_IO["text"].file].sha256 + files[manifest.tokenizer].sha256
                                             + specs["text"]).encode()),
-                       "image": content_key((files[GRAPH_FILES["image"]]["sha256"] + specs["image"]).encode())}
+                       "image": content_key((files[GRAPH_IO["image"].file].sha256 + specs["image"]).encode())}
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -138,24 +95,24 @@ class Matcher:
             hint = " (run `make run` or `ticor quantize` to build it)" if bundle is None else ""
             raise BundleError(f"{root}: no such bundle directory{hint}")
         m = read_manifest(root, verify=True)
-        _check_declared_io(m)
-        names, chosen_by = resolve_providers(list(providers) if isinstance(providers, (list, tuple)) else providers,
-                                             m.precision)
+        check_declared_io(m)
+        names, chosen_by = resolve_providers(providers if providers is None or isinstance(providers, str)
+                                             else list(providers), m.precision)
         opt_dir = None
         if optimized_cache:
-            opt_dir = cache_dir() / "optimized" if optimized_cache is True else Path(optimized_cache)
+            opt_dir = cache_path("optimized") if optimized_cache is True else Path(optimized_cache)
         config = SessionConfig(providers=tuple(names), intra_op_threads=threads if threads is not None
                                else threads_from_env(), inter_op_threads=inter_op_threads,
                                optimization=optimization, memory_arena=memory_arena, optimized_dir=opt_dir,
                                chosen_by=chosen_by)
         sessions = {}
-        for part, f in GRAPH_FILES.items():
-            sessions[part] = create_session(root / f, m.data["files"][f]["sha256"], config)
-            _check_session_io(root / f, sessions[part], m.data["graphs"][part])
+        for part in BRANCHES:
+            path = m.graph_path(part)
+            sessions[part] = create_session(path, m.files[path.name].sha256, config)
+            check_session_io(path, *session_io(sessions[part]), m.graphs[part])
         store = None
         if cache:
-            store = EmbeddingCache(cache_dir() / "embeddings.sqlite" if cache is True else Path(cache),
-                                   cache_max_bytes)
+            store = EmbeddingCache(embeddings_db() if cache is True else Path(cache), cache_max_bytes)
         return cls(m, sessions, config, store)
 
     @property
@@ -166,6 +123,39 @@ class Matcher:
     @property
     def bundle(self) -> Path:
         return self.manifest.root
+
+    # ---------------------------------------------------------------- branches, for pipelines and benchmarks
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)`` of cleaned texts, as the text graph takes them."""
+        return encode_texts(self._tok, list(texts), self._text_spec)
+
+    def prepare_picture(self, image: ImageInput) -> np.ndarray:
+        """The image graph's ``[3, size, size]`` input for one picture. Raises :class:`InputError`."""
+        data, name = read_source(image)
+        decoded = open_image(image) if data is None else decode(data, name)
+        return picture_pixels(decoded, self._image_spec, name)
+
+    def run_branch(self, part: str, *arrays: np.ndarray) -> np.ndarray:
+        """One call of one graph on prepared inputs, in :data:`~ticor.bundle.GRAPH_IO` order
+        (text: ids, mask; image: pixels; head: text and picture embeddings). No cache, no chunking."""
+        if part not in BRANCHES:
+            raise UsageError(f"part must be one of {', '.join(BRANCHES)}, not {part!r}")
+        spec = GRAPH_IO[part]
+        if len(arrays) != len(spec.inputs):
+            raise UsageError(f"the {part} graph takes {len(spec.inputs)} arrays ({', '.join(spec.input_names)}), "
+                             f"got {len(arrays)}")
+        return self._sessions[part].run(spec.output_names, dict(zip(spec.input_names, arrays)))[0]
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """``[N, dim]`` picture embeddings of prepared ``[N, 3, size, size]`` float32 pixels."""
+        size = self._image_spec.size
+        px = np.ascontiguousarray(pixels, dtype=np.float32)
+        if px.ndim != 4 or px.shape[1:] != (3, size, size):
+            raise UsageError(f"pixels must be [N, 3, {size}, {size}], got {px.shape}")
+        if not len(px):
+            return np.empty((0, self.dim), np.float32)
+        return np.concatenate([self._sessions["image"].run([IMAGE_OUTPUT], {IMAGE_INPUT: px[s : s + IMAGE_BATCH]})[0]
+                               for s in range(0, len(px), IMAGE_BATCH)])
 
     # ---------------------------------------------------------------- embeddings
     def embed_texts(self, texts: Sequence[str | bytes]) -> np.ndarray:
@@ -182,7 +172,7 @@ class Matcher:
         keys = [content_key(t.encode("utf-8")) for t in cleaned]
         known = (self._cache.get_many(self._scope["text"], list(dict.fromkeys(keys)), self.dim)
                  if self._cache is not None else {})
-        todo = {}
+        todo: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
             if k in known:
                 out[i] = known[k]
@@ -193,7 +183,7 @@ class Matcher:
             fresh = []
             for s in range(0, len(firsts), TEXT_BATCH):
                 chunk = firsts[s : s + TEXT_BATCH]
-                ids, mask = encode_texts(self._tok, [cleaned[todo[k][0]] for k in chunk], self._text_spec)
+                ids, mask = self.tokenize([cleaned[todo[k][0]] for k in chunk])
                 vecs = self._sessions["text"].run([TEXT_OUTPUT], {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask})[0]
                 for k, v in zip(chunk, vecs):
                     out[todo[k]] = v
@@ -263,10 +253,9 @@ class Matcher:
             if k in p.known:
                 out[i] = p.known[k]
         fresh = []
-        for s in range(0, len(p.ready), IMAGE_BATCH):
-            chunk = p.ready[s : s + IMAGE_BATCH]
-            vecs = self._sessions["image"].run([IMAGE_OUTPUT], {IMAGE_INPUT: np.stack([a for _, a in chunk])})[0]
-            for (k, _), v in zip(chunk, vecs):
+        if p.ready:
+            vecs = self.embed_pixels(np.stack([a for _, a in p.ready]))
+            for (k, _), v in zip(p.ready, vecs):
                 out[p.todo[k]] = v
                 fresh.append((k, v))
         if self._cache is not None and fresh:
@@ -348,7 +337,7 @@ class Matcher:
             raise UsageError("candidates must be a list")
         candidates = list(candidates)
         failed: list[tuple[int, str, str]] = []
-        if isinstance(query, (str, bytes)) and not _looks_like_image_bytes(query):
+        if isinstance(query, str) or (isinstance(query, bytes) and not is_image_bytes(query)):
             q = self._text_vectors([clean_text(query).text])[0]
             cv, errors = self._image_vectors(candidates)
             failed = [(i, e.kind, str(e)) for i, e in errors.items()]
@@ -375,32 +364,3 @@ class Matcher:
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
-
-
-def _looks_like_image_bytes(b: str | bytes) -> bool:
-    if isinstance(b, str):
-        return False
-    return b[:3] == b"\xff\xd8\xff" or b[:8] == b"\x89PNG\r\n\x1a\n" or b[:4] in (b"GIF8", b"RIFF") or b[:2] == b"BM"
-
-
-def _check_declared_io(m: Manifest) -> None:
-    """The manifest's graph names must be the ones this runtime feeds (before any session)."""
-    want = {"text": (list(TEXT_INPUTS), [TEXT_OUTPUT]), "image": ([IMAGE_INPUT], [IMAGE_OUTPUT]),
-            "head": (list(HEAD_INPUTS), [HEAD_OUTPUT])}
-    for part, (ins, outs) in want.items():
-        g = m.data["graphs"].get(part)
-        if g is None:
-            raise BundleError(f"{m.path}: no {part} graph declared")
-        if [i["name"] for i in g["inputs"]] != ins or [o["name"] for o in g["outputs"]] != outs:
-            raise BundleError(f"{m.path}: the {part} graph declares inputs {[i['name'] for i in g['inputs']]} "
-                              f"and outputs {[o['name'] for o in g['outputs']]}; this runtime feeds {ins} -> {outs}")
-
-
-def _check_session_io(path: Path, sess: Any, declared: dict[str, Any]) -> None:
-    got_in = [(i.name, _DTYPES.get(i.type, i.type)) for i in sess.get_inputs()]
-    got_out = [(o.name, _DTYPES.get(o.type, o.type)) for o in sess.get_outputs()]
-    want_in = [(i["name"], i["dtype"]) for i in declared["inputs"]]
-    want_out = [(o["name"], o["dtype"]) for o in declared["outputs"]]
-    if got_in != want_in or got_out != want_out:
-        raise BundleError(f"{path}: the graph has inputs {got_in} and outputs {got_out}, the manifest declares "
-                          f"{want_in} -> {want_out} (graphs from another build?)")

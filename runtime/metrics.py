@@ -85,13 +85,13 @@ def evaluate(
         raise ValueError(f"{len(rows)} pairs but {len(scores)} scores")
     labels = np.array([int(r["label"]) for r in rows])
     out: dict[str, Any] = {"threshold": float(threshold), "overall": _block(labels, scores, threshold)}
-    langs = sorted({r.get("lang") for r in rows if r.get("lang")})
+    langs = sorted({str(r["lang"]) for r in rows if r.get("lang")})
     out["by_lang"] = {}
     for lang in langs:
         sel = np.array([r.get("lang") == lang for r in rows])
         out["by_lang"][lang] = _block(labels[sel], scores[sel], threshold)
     out["by_negative"] = {}
-    for kind in sorted({r.get("negative") for r in rows if r.get("negative")}):
+    for kind in sorted({str(r["negative"]) for r in rows if r.get("negative")}):
         # positives against this kind of negative only
         sel = np.array([r["label"] == 1 or r.get("negative") == kind for r in rows])
         out["by_negative"][kind] = _block(labels[sel], scores[sel], threshold)

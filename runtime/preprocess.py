@@ -19,7 +19,8 @@ from ticor.imaging import BACKGROUND, flatten, to_rgba
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_FILTERS = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
+            "bilinear": Image.Resampling.BILINEAR}
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class ImageSpec:
             raise UsageError(f"image size {self.size} is too small")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """As stored in a manifest (tuples as JSON lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ImageSpec:
@@ -97,7 +99,7 @@ class TextSpec:
         return cls(**d)
 
 
-def load_tokenizer(path: Path | str, spec: TextSpec):
+def load_tokenizer(path: Path | str, spec: TextSpec) -> Any:
     """A ``tokenizers.Tokenizer`` with the spec's truncation and padding switched on."""
     from tokenizers import Tokenizer
 
@@ -110,7 +112,7 @@ def load_tokenizer(path: Path | str, spec: TextSpec):
     return tok
 
 
-def encode_texts(tokenizer, texts: list[str], spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
+def encode_texts(tokenizer: Any, texts: list[str], spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
     """``(input_ids, attention_mask)`` int64 ``[N, S]``, padded to the longest text in the batch."""
     if isinstance(texts, str):
         raise UsageError("texts must be a list of strings, not a single string")

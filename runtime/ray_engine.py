@@ -1,17 +1,20 @@
-"""``ticor score --engine ray``: the same per-row contract as the local scorer, on Ray Data.
+"""``ticor score --engine ray``: the same per-row contract and output as the local scorer, on Ray Data.
 
-Pipeline: the input is read row by row exactly as the local engine reads it (ids, row numbers
-and bad-row statuses come out the same) into Parquet staging files, which Ray reads sharded;
-pictures are read, decoded and preprocessed in Ray tasks; an actor pool
+Pipeline (:func:`build_pipeline`, shared by the command line and :func:`score_dataset`): rows are
+normalised, pictures are read, decoded and preprocessed in Ray tasks that ask for half a CPU
+(that request keeps Ray from fusing them into the actors), and an actor pool
 (``ActorPoolStrategy``) runs the graphs, one :class:`~ticor.matcher.Matcher` per actor,
 created inside the actor from the bundle path (sessions cannot be pickled), so every worker
 verifies the bundle's sha256 itself; intra-op threads = the actor's CPUs, inter-op 1.
 
-Output: a directory (``OUTPUT``, named ``*.parquet`` or ``*.jsonl``) of part files. Resume: a
-rerun reads the part files already there (a part file that cannot be read whole, left by a
-crash, is deleted first), and scores only the ids that are not in them; new parts carry the
-new write's uuid in their names, so nothing is overwritten or duplicated. ``state.json`` in the directory ties it to one input
-and one bundle, as for the local engine.
+The command line reads the input row by row exactly as the local engine does (ids, row numbers
+and bad-row statuses come out the same) into Parquet staging files, which Ray reads sharded.
+Ray writes Parquet part files into ``OUTPUT.ticor-ray-parts/``; when every row is scored they
+are stitched, in input order, into ``OUTPUT`` (JSONL, CSV or Parquet by extension, the same
+columns as the local engine) and the parts folder is removed. Resume: a rerun reads the part
+files already there (a part that cannot be read whole, left by a crash, is deleted first) and
+scores only the ids not in them; new parts carry the new write's uuid in their names, so nothing
+is overwritten or duplicated. ``state.json`` there ties the parts to one input and one bundle.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ from typing import Any
 
 import numpy as np
 
+from ticor.bundle import read_manifest
 from ticor.errors import MissingDependencyError, UsageError
-from ticor.tables import Columns, read_rows
+from ticor.preprocess import ImageSpec
+from ticor.resume import STATE, open_parts, run_identity
+from ticor.tables import COLUMNS, Columns, output_format, read_rows, write_output
 
 RAY_LINE = "pip install 'ticor[cpu,ray]'"
-STATE = "state.json"
+DECODE_CPUS = 0.5
 
 
-def _ray():
+def _ray() -> Any:
     try:
         import ray
         import ray.data
@@ -42,13 +48,26 @@ def _ray():
     return ray
 
 
-def _prepare_batch(batch: dict[str, np.ndarray], image_spec: dict[str, Any]) -> dict[str, Any]:
-    """Ray task: read, decode and preprocess each row's picture (errors become the row's status)."""
-    from ticor.inputs import InputError, clean_text, open_image, picture_pixels
-    from ticor.preprocess import ImageSpec
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".ticor-ray-parts")
 
-    spec = ImageSpec.from_json(image_spec)
-    blank = np.zeros(3 * spec.size * spec.size, np.float32)
+
+def _normalise(batch: dict[str, np.ndarray], text_col: str, image_col: str, id_col: str) -> dict[str, np.ndarray]:
+    """Ray task for a user's own Dataset: the columns the pipeline reads (``index`` -1: order is theirs)."""
+    n = len(batch[id_col])
+    texts = batch.get(text_col, np.array([None] * n, dtype=object))
+    status = np.array(["" if t is not None else "bad_input" for t in texts], dtype=object)
+    error = np.array([None if t is not None else f"no {text_col!r} value" for t in texts], dtype=object)
+    return {"id": np.array([str(x) for x in batch[id_col]], dtype=object), "index": np.full(n, -1),
+            "text": texts, "image": batch[image_col], "status": status, "error": error}
+
+
+def _prepare_batch(batch: dict[str, np.ndarray], image_spec: ImageSpec) -> dict[str, Any]:
+    """Ray task: read, decode and preprocess each row's picture (errors become the row's status)."""
+    from ticor.errors import InputError
+    from ticor.inputs import clean_text, open_image, picture_pixels
+
+    blank = np.zeros(3 * image_spec.size * image_spec.size, np.float32)
     n = len(batch["id"])
     pixels, status, error, texts, flags = [], [], [], [], []
     for i in range(n):
@@ -61,7 +80,7 @@ def _prepare_batch(batch: dict[str, np.ndarray], image_spec: dict[str, Any]) -> 
                 c = clean_text(batch["text"][i])
                 text, fl = c.text, ",".join(c.flags)
                 path = str(batch["image"][i])
-                px = picture_pixels(open_image(path), spec, path).ravel()
+                px = picture_pixels(open_image(path), image_spec, path).ravel()
                 st, err = "ok", None
             except InputError as exc:
                 st, err = exc.kind, str(exc)
@@ -71,7 +90,8 @@ def _prepare_batch(batch: dict[str, np.ndarray], image_spec: dict[str, Any]) -> 
         texts.append(text or "")
         flags.append(fl)
     return {"id": batch["id"], "index": batch["index"], "text": np.array(texts, dtype=object),
-            "pixels": np.stack(pixels), "status": np.array(status, dtype=object), "error": np.array(error, dtype=object),
+            "pixels": np.stack(pixels), "status": np.array(status, dtype=object),
+            "error": np.array(error, dtype=object),
             "flags": np.array(flags, dtype=object)}
 
 
@@ -84,17 +104,14 @@ class _ScoreActor:
         self.m = Matcher.load(bundle, providers=provider, threads=threads, inter_op_threads=1)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from ticor.bundle import IMAGE_INPUT, IMAGE_OUTPUT
-
         n = len(batch["id"])
         ok = [i for i in range(n) if batch["status"][i] == "ok"]
         score = np.full(n, np.nan)
         if ok:
             size = self.m.manifest.image_spec.size
-            px = np.stack([np.asarray(batch["pixels"][i], np.float32).reshape(3, size, size) for i in ok])
-            iv = np.concatenate([self.m._sessions["image"].run([IMAGE_OUTPUT], {IMAGE_INPUT: px[s : s + 16]})[0]
-                                 for s in range(0, len(px), 16)])
-            tv = self.m._text_vectors([str(batch["text"][i]) for i in ok])
+            iv = self.m.embed_pixels(np.stack([np.asarray(batch["pixels"][i], np.float32).reshape(3, size, size)
+                                               for i in ok]))
+            tv = self.m.embed_texts([str(batch["text"][i]) for i in ok])  # already cleaned: cleaning again is a no-op
             score[ok] = self.m.head(tv, iv)
         match = [bool(score[i] >= self.m.threshold) if batch["status"][i] == "ok" else None for i in range(n)]
         return {"id": batch["id"], "index": batch["index"],
@@ -102,32 +119,32 @@ class _ScoreActor:
                 "match": match, "status": batch["status"], "error": batch["error"], "flags": batch["flags"]}
 
 
-def score_dataset(ds, bundle: str | Path, *, text_col: str = "text", image_col: str = "image", id_col: str = "id",
-                  actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0, batch_size: int = 64,
-                  provider: str | None = None):
-    """Score a Ray Dataset you already have (columns ``id``, ``text``, ``image`` path; names can be
-    mapped). Returns a lazy Dataset with ``id``, ``score``, ``match``, ``status``, ``error``,
-    ``flags`` (``index`` is -1: row order is yours); write it wherever you like."""
-    from ticor.bundle import read_manifest
-
+def build_pipeline(ds: Any, bundle: str | Path, *, actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0,
+                   batch_size: int = 64, provider: str | None = None) -> Any:
+    """Decoding tasks then the actor pool, over a Dataset with ``id``, ``index``, ``text``, ``image``,
+    ``status`` and ``error`` columns (``status`` empty for rows still to score)."""
     ray = _ray()
-    m = read_manifest(bundle)
-
-    def normalise(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch[id_col])
-        texts = batch.get(text_col, np.array([None] * n, dtype=object))
-        status = np.array(["" if t is not None else "bad_input" for t in texts], dtype=object)
-        error = np.array([None if t is not None else f"no {text_col!r} value" for t in texts], dtype=object)
-        return {"id": np.array([str(x) for x in batch[id_col]], dtype=object), "index": np.full(n, -1),
-                "text": texts, "image": batch[image_col], "status": status, "error": error}
-
-    prepared = ds.map_batches(normalise, batch_format="numpy").map_batches(
-        _prepare_batch, fn_kwargs={"image_spec": m.data["image"]["spec"]}, batch_size=batch_size,
-        batch_format="numpy")
+    if actors < 1 or cpus_per_actor < 1 or gpus_per_actor < 0 or batch_size < 1:
+        raise UsageError("actors, cpus_per_actor and batch_size must be at least 1, gpus_per_actor at least 0")
+    spec = read_manifest(bundle).image_spec  # verified here once; every actor verifies again
+    prepared = ds.map_batches(_prepare_batch, fn_kwargs={"image_spec": spec}, batch_size=batch_size,
+                              batch_format="numpy", num_cpus=DECODE_CPUS)
     return prepared.map_batches(
         _ScoreActor, fn_constructor_kwargs={"bundle": str(bundle), "provider": provider, "threads": cpus_per_actor},
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
         batch_size=batch_size, batch_format="numpy")
+
+
+def score_dataset(ds: Any, bundle: str | Path, *, text_col: str = "text", image_col: str = "image",
+                  id_col: str = "id", actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0,
+                  batch_size: int = 64, provider: str | None = None) -> Any:
+    """Score a Ray Dataset you already have (columns ``id``, ``text``, ``image`` path; names can be
+    mapped). Returns a lazy Dataset with ``id``, ``score``, ``match``, ``status``, ``error``,
+    ``flags`` (``index`` is -1: row order is yours); write it wherever you like."""
+    normalised = ds.map_batches(_normalise, fn_kwargs={"text_col": text_col, "image_col": image_col,
+                                                       "id_col": id_col}, batch_format="numpy")
+    return build_pipeline(normalised, bundle, actors=actors, cpus_per_actor=cpus_per_actor,
+                          gpus_per_actor=gpus_per_actor, batch_size=batch_size, provider=provider)
 
 
 def _stage(input_path: str, cols: Columns, image_root: Path | None, staging: Path, skip_ids: set[str],
@@ -161,22 +178,18 @@ def _stage(input_path: str, cols: Columns, image_root: Path | None, staging: Pat
     return n
 
 
-def _parts(out: Path, pattern: str) -> list[Path]:
-    """The part files in an output directory (never ``state.json`` or the staging folder)."""
-    return sorted(p for p in out.glob(pattern) if p.is_file() and p.name != STATE)
+def _part_files(parts: Path) -> list[Path]:
+    return sorted(p for p in parts.glob("*.parquet") if p.is_file())
 
 
-def _done_ids(out: Path, fmt: str) -> set[str]:
+def _done_ids(parts: Path) -> set[str]:
     """Ids in the part files already written; unreadable (partial) parts are deleted."""
     import pyarrow.parquet as pq
 
     ids: set[str] = set()
-    for p in _parts(out, "*.parquet" if fmt == "parquet" else "*.json"):
+    for p in _part_files(parts):
         try:
-            if fmt == "parquet":
-                got = pq.read_table(str(p), columns=["id"]).column("id").to_pylist()
-            else:
-                got = [json.loads(line)["id"] for line in p.read_text(encoding="utf-8").splitlines()]
+            got = pq.read_table(str(p), columns=["id"]).column("id").to_pylist()
         except Exception:  # noqa: BLE001 - any failure to read the whole part means it is partial
             p.unlink()
             continue
@@ -184,40 +197,32 @@ def _done_ids(out: Path, fmt: str) -> set[str]:
     return ids
 
 
+def read_parts(parts: Path) -> list[dict[str, Any]]:
+    """Every row of a parts folder, in input order (by the ``index`` column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = _part_files(parts)
+    if not files:
+        return []
+    table = pa.concat_tables([pq.read_table(str(p)) for p in files], promote_options="default").sort_by("index")
+    return table.select(["index", *COLUMNS]).to_pylist()
+
+
 def score_with_ray(input_path: str, out: Path, bundle: Path, cols: Columns, image_root: Path | None,
                    address: str | None = None, actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0,
                    batch_size: int = 64, provider: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Score ``input_path`` into the part-file directory ``out`` on Ray; returns a summary."""
-    from ticor.bundle import read_manifest
-    from ticor.scorer import _identity
-
+    """Score ``input_path`` into the file ``out`` on Ray (resumable); returns a summary."""
     ray = _ray()
-    fmt = {".parquet": "parquet", ".jsonl": "jsonl"}.get(out.suffix.lower())
-    if fmt is None:
-        raise UsageError(f"{out}: with --engine ray the output is a directory named *.parquet or *.jsonl")
+    fmt = output_format(str(out))
     if input_path == "-":
         raise UsageError("--engine ray reads a file, not stdin")
-    if actors < 1 or cpus_per_actor < 1 or gpus_per_actor < 0:
-        raise UsageError("--actors and --cpus-per-actor must be at least 1, --gpus-per-actor at least 0")
-    m = read_manifest(bundle)  # verified here once; every actor verifies again
-    ident = _identity(input_path, cols, image_root, m)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    if out.exists():
-        try:
-            state = json.loads((out / STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise UsageError(f"{out} exists and is not a ticor ray output; pass --overwrite") from None
-        if state != ident:
-            diff = sorted(k for k in ident if state.get(k) != ident[k])
-            raise UsageError(f"{out}: written from another {', '.join(diff)}; refusing to resume into it "
-                             "(pass --overwrite to start over)")
-    else:
-        out.mkdir(parents=True)
-        (out / STATE).write_text(json.dumps(ident, indent=2) + "\n", encoding="utf-8")
-    done = _done_ids(out, fmt)
+    parts = _parts_dir(out)
+    ident = run_identity(input_path, cols, image_root, read_manifest(bundle))
+    open_parts(parts, out, ident, overwrite)
+    done = _done_ids(parts)
     t0 = time.monotonic()
-    staging = out / f".staging-{uuid.uuid4().hex[:8]}"
+    staging = parts / f".staging-{uuid.uuid4().hex[:8]}"
     try:
         todo = _stage(input_path, cols, image_root, staging, done)
         if todo:
@@ -231,49 +236,25 @@ def score_with_ray(input_path: str, out: Path, bundle: Path, cols: Columns, imag
 
                     ray.init(num_cpus=max(os.cpu_count() or 1, actors * cpus_per_actor + 1), include_dashboard=False,
                              log_to_driver=False)
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = sys.stderr.isatty()
-            data = ray.data.read_parquet(str(staging))
-            # its own CPU request keeps decoding in tasks: Ray would otherwise fuse it into the actors
-            prepared = data.map_batches(_prepare_batch, fn_kwargs={"image_spec": m.data["image"]["spec"]},
-                                        batch_size=batch_size, batch_format="numpy", num_cpus=0.5)
-            scored = prepared.map_batches(
-                _ScoreActor, fn_constructor_kwargs={"bundle": str(bundle), "provider": provider,
-                                                    "threads": cpus_per_actor},
-                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
-                batch_size=batch_size, batch_format="numpy")
-            if fmt == "parquet":  # part names carry Ray's per-write uuid: a rerun never overwrites a part
-                scored.write_parquet(str(out))
-            else:
-                scored.write_json(str(out))  # JSON lines, one *.json part per block
+            ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+            scored = build_pipeline(ray.data.read_parquet(str(staging)), bundle, actors=actors,
+                                    cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                                    batch_size=batch_size, provider=provider)
+            scored.write_parquet(str(parts))  # part names carry Ray's per-write uuid: a rerun never overwrites one
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"rows_scored": todo, "rows_already_done": len(done), "seconds": time.monotonic() - t0,
-            "engine": "ray", "address": address or "local"}
-
-
-def status_counts(out: Path) -> dict[str, int]:
-    """How many rows of each status a Ray output directory holds."""
-    import pyarrow.parquet as pq
-
+    rows = read_parts(parts)
     counts: dict[str, int] = {}
-    for p in _parts(out, "*.parquet"):
-        for st in pq.read_table(str(p), columns=["status"]).column("status").to_pylist():
-            counts[st] = counts.get(st, 0) + 1
-    for p in _parts(out, "*.json"):
-        for line in p.read_text(encoding="utf-8").splitlines():
-            st = json.loads(line)["status"]
-            counts[st] = counts.get(st, 0) + 1
-    return counts
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    stitched = parts / ".rows.jsonl"
+    with stitched.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps({k: r[k] for k in COLUMNS}, ensure_ascii=False) + "\n")
+    write_output([stitched], out, fmt)
+    shutil.rmtree(parts)
+    return {"rows_scored": todo, "rows_already_done": len(done), "seconds": time.monotonic() - t0,
+            "engine": "ray", "address": address or "local", "counts": counts}
 
 
-def read_output(out: Path) -> list[dict[str, Any]]:
-    """Every row of a Ray output directory, in input order (by the ``index`` column)."""
-    import pyarrow.parquet as pq
-
-    rows: list[dict[str, Any]] = []
-    for p in _parts(out, "*.parquet"):
-        rows += pq.read_table(str(p)).to_pylist()
-    for p in _parts(out, "*.json"):
-        rows += [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()]
-    return sorted(rows, key=lambda r: r["index"])
+__all__ = ["RAY_LINE", "STATE", "build_pipeline", "read_parts", "score_dataset", "score_with_ray"]

@@ -22,30 +22,28 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ticor._files import sha256_file
-from ticor.errors import TicorError, UsageError
+from ticor.errors import ScoreFailed, UsageError
+from ticor.matcher import Matcher
+from ticor.results import Match
+from ticor.resume import open_parts, run_identity
 from ticor.tables import (
     Columns,
     Row,
     check_header,
+    check_unique_ids,
     count_rows,
     input_format,
     output_format,
+    printable,
     read_rows,
     write_output,
 )
-
-STATE = "state.json"
-STATE_VERSION = 1
-
-
-class ScoreFailed(TicorError):
-    """The run stopped (too many failed rows, or output could not be written)."""
 
 
 @dataclass
@@ -71,11 +69,11 @@ def _parts_dir(out: Path) -> Path:
 
 
 def _shards(parts: Path) -> list[tuple[int, int, Path]]:
-    found = []
+    found: list[tuple[int, int, Path]] = []
     for p in parts.glob("shard-*.jsonl"):
         try:
-            _, a, b = p.stem.split("-")
-            found.append((int(a), int(b), p))
+            _, first, last = p.stem.split("-")
+            found.append((int(first), int(last), p))
         except ValueError:
             continue
     found.sort()
@@ -89,21 +87,9 @@ def _shards(parts: Path) -> list[tuple[int, int, Path]]:
     return good
 
 
-def _identity(input_path: str, cols: Columns, image_root: Path | None, manifest) -> dict[str, Any]:
-    return {
-        "version": STATE_VERSION,
-        "input": str(Path(input_path).resolve()),
-        "input_sha256": sha256_file(Path(input_path)),
-        "columns": [cols.id, cols.text, cols.image],
-        "image_root": str(image_root.resolve()) if image_root else None,
-        "bundle_model_version": manifest.data.get("model_version"),
-        "bundle_files": {k: v["sha256"] for k, v in manifest.data["files"].items()},
-    }
-
-
-def _result_row(row: Row, m) -> dict[str, Any]:
-    return {"id": row.id, "score": m.score, "match": m.match, "status": m.status, "error": m.error,
-            "flags": ",".join(m.flags)}
+def _result_row(row: Row, m: Match) -> dict[str, Any]:
+    return {"id": row.id, "score": m.score, "match": m.match, "status": m.status,
+            "error": printable(m.error) if m.error is not None else None, "flags": ",".join(m.flags)}
 
 
 class _Progress:
@@ -129,7 +115,7 @@ class _Progress:
         self.stream.flush()
 
 
-def score_file(matcher, input_path: str, out: Path | None, cols: Columns, image_root: Path | None,
+def score_file(matcher: Matcher, input_path: str, out: Path | None, cols: Columns, image_root: Path | None,
                batch_size: int = 64, shard_rows: int = 4096, max_failures: int | None = None,
                overwrite: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> Summary:
     """Score every row of ``input_path`` into ``out`` (or stdout); see the module docstring."""
@@ -142,6 +128,7 @@ def score_file(matcher, input_path: str, out: Path | None, cols: Columns, image_
         raise UsageError(f"{input_path}: no such input file")
     if input_path != "-":
         check_header(input_path, fmt_in, cols)
+        check_unique_ids(input_path, cols)
     summary = Summary(providers=", ".join(matcher.providers["text"]))
     start = 0
     parts = None
@@ -150,22 +137,9 @@ def score_file(matcher, input_path: str, out: Path | None, cols: Columns, image_
         if input_path == "-":
             raise UsageError("reading stdin, write to stdout (no -o): a stream cannot be resumed")
         parts = _parts_dir(out)
-        ident = _identity(input_path, cols, image_root, matcher.manifest)
-        if overwrite:
-            shutil.rmtree(parts, ignore_errors=True)
-            out.unlink(missing_ok=True)
-        elif out.exists() and not parts.exists():
-            raise UsageError(f"{out} exists; pass --overwrite to score again")
-        if parts.exists():
-            try:
-                state = json.loads((parts / STATE).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                raise UsageError(f"{parts} is not a ticor score run (no readable {STATE}); "
-                                 "remove it or pass --overwrite") from None
-            if state != ident:
-                diff = sorted(k for k in ident if state.get(k) != ident[k])
-                raise UsageError(f"{out}: a previous run from another {', '.join(diff)} is in {parts}; "
-                                 "refusing to resume into it (pass --overwrite to start over)")
+        ident = run_identity(input_path, cols, image_root, matcher.manifest)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if open_parts(parts, out, ident, overwrite):
             shards = _shards(parts)
             start = shards[-1][1] if shards else 0
             for _, _, p in shards:  # counts of what is already committed
@@ -178,10 +152,6 @@ def score_file(matcher, input_path: str, out: Path | None, cols: Columns, image_
                             summary.failed[st] += 1
             for leftover in parts.glob(".tmp-*"):
                 leftover.unlink()
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            parts.mkdir()
-            _write_atomic(parts / STATE, json.dumps(ident, indent=2) + "\n")
     summary.rows = summary.resumed_from = start
 
     progress = _Progress(stderr, count_rows(input_path) if input_path != "-" else None, start)
@@ -202,9 +172,16 @@ def score_file(matcher, input_path: str, out: Path | None, cols: Columns, image_
             _commit_shard(parts, pending_start, end, pending)
         pending, pending_start = [], end
 
-    def batches():
+    seen: dict[str, int] = {}  # stdin cannot be checked before it is read: a repeated id is that row's status
+
+    def batches() -> Iterator[list[Row]]:
         batch: list[Row] = []
         for row in read_rows(input_path, cols, image_root, skip=start):
+            if input_path == "-":
+                if row.id in seen and row.problem is None:
+                    row = Row(row.index, row.id, None, None, ("bad_input", f"row {row.index + 1}: id {row.id!r} "
+                                                               f"was already used by row {seen[row.id] + 1}"))
+                seen.setdefault(row.id, row.index)
             batch.append(row)
             if len(batch) == batch_size:
                 yield batch
@@ -212,9 +189,9 @@ def score_file(matcher, input_path: str, out: Path | None, cols: Columns, image_
         if batch:
             yield batch
 
-    def prepare(rows: list[Row]):
+    def prepare(rows: list[Row]) -> tuple[list[Row], Any]:
         usable = [r for r in rows if r.problem is None]
-        return rows, matcher.prepare([(r.text, r.image) for r in usable])
+        return rows, matcher.prepare([(r.text, r.image or "") for r in usable])  # usable rows have both
 
     previous = signal.getsignal(signal.SIGTERM)
     if threading_main():
@@ -233,8 +210,6 @@ def score_file(matcher, input_path: str, out: Path | None, cols: Columns, image_
                 results = iter(matcher.finish(prepared))
                 for row in rows:
                     if row.problem is not None:
-                        from ticor.matcher import Match
-
                         res = Match(None, None, row.problem[0], row.problem[1])
                     else:
                         res = next(results)
@@ -278,17 +253,8 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _raise_interrupt(signum, frame) -> None:  # SIGTERM behaves like Ctrl-C: committed shards stay
+def _raise_interrupt(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: committed shards stay
     raise KeyboardInterrupt
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 def _commit_shard(parts: Path, start: int, end: int, rows: list[dict[str, Any]]) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ticor.errors import TicorError, UsageError
+from ticor.errors import ProviderError, TicorError, UsageError
 
 ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -31,10 +31,6 @@ ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-
-
-class ProviderError(TicorError):
-    """An execution provider was asked for and is not available, or did not take."""
 
 
 def available_providers() -> list[str]:
@@ -107,6 +103,28 @@ def threads_from_env() -> int | None:
     return n
 
 
+_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
+
+
+def session_io(sess: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A session's ``(name, numpy dtype)`` inputs and outputs."""
+    return ([(i.name, _DTYPES.get(i.type, i.type)) for i in sess.get_inputs()],
+            [(o.name, _DTYPES.get(o.type, o.type)) for o in sess.get_outputs()])
+
+
+def plain_cpu_session(path: Path | str | bytes, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session with default options, for the build side and benchmarks (graphs
+    there are checked by what made them; the runtime's :func:`create_session` is for bundles)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -120,7 +138,7 @@ def _cpu_flags() -> str:
 _LOCK = threading.Lock()
 
 
-def create_session(path: Path, sha256: str, config: SessionConfig):
+def create_session(path: Path, sha256: str, config: SessionConfig) -> Any:
     """One ``InferenceSession`` for the graph at ``path`` (already verified against ``sha256``).
 
     With ``config.optimized_dir`` the optimized graph is saved on first load and reused by

@@ -21,6 +21,9 @@ COLUMNS = ("id", "score", "match", "status", "error", "flags")
 INPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 PARQUET_LINE = "pip install 'ticor[parquet]'"
+#: A CSV/TSV cell larger than this is its row's ``bad_input`` (a caption is cut to 4,096 characters anyway).
+MAX_CELL_BYTES = 64 << 20
+csv.field_size_limit(MAX_CELL_BYTES)
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def output_format(path: str | None) -> str:
     return fmt
 
 
-def _pyarrow():
+def _pyarrow() -> Any:
     try:
         import pyarrow
         import pyarrow.parquet
@@ -78,10 +81,31 @@ def _resolve(image: Any, root: Path) -> str | None:
     return str(p if p.is_absolute() else root / p)
 
 
+def _undecodable(value: str) -> bytes | str:
+    """Text read with ``surrogateescape``: its bytes when some were not UTF-8 (so the text path
+    decodes them with replacement and flags the row ``replaced``), else the text itself."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate written as a JSON escape: the text path replaces it
+        return value
+    return raw if not value.isascii() and any("\udc80" <= ch <= "\udcff" for ch in value) else value
+
+
+def printable(value: str) -> str:
+    """``value`` with lone surrogates (undecodable bytes, bad escapes) replaced, safe to write as UTF-8."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")  # undecodable input bytes back as they were
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def _make_row(index: int, record: dict, cols: Columns, root: Path) -> Row:
     raw_id = record.get(cols.id)
-    rid = str(index + 1) if raw_id is None or str(raw_id) == "" else str(raw_id)
+    rid = str(index + 1) if raw_id is None or str(raw_id) == "" else printable(str(raw_id))
     text = record.get(cols.text)
+    if isinstance(text, str):
+        text = _undecodable(text)
     image = _resolve(record.get(cols.image), root)
     problem = None
     if text is None:
@@ -98,7 +122,7 @@ def check_header(path: str, fmt: str, cols: Columns) -> None:
     if fmt == "parquet":
         names = set(_pyarrow().parquet.ParquetFile(path).schema_arrow.names)
     else:
-        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
             names = set(next(csv.reader(fh, delimiter="\t" if fmt == "tsv" else ","), []))
     missing = [c for c in (cols.text, cols.image) if c not in names]
     if missing:
@@ -121,17 +145,29 @@ def read_rows(path: str, cols: Columns, image_root: Path | None, skip: int = 0) 
                 index += 1
         return
     if path == "-":
-        fh = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        fh = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
     else:
-        fh = open(path, encoding="utf-8", errors="replace",  # noqa: SIM115 - closed by the `with` below
+        fh = open(path, encoding="utf-8", errors="surrogateescape",  # noqa: SIM115 - closed by the `with` below
                   newline="" if fmt in ("csv", "tsv") else None)
     with fh:
         if fmt in ("csv", "tsv"):
             reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",")
-            for index, record in enumerate(reader):
+            index = 0
+            while True:
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:  # one broken record (an oversized cell): that row's status, then go on
+                    if index >= skip:
+                        yield Row(index, str(index + 1), None, None,
+                                  ("bad_input", f"row {index + 1} (line {reader.line_num}): {exc} "
+                                                f"({MAX_CELL_BYTES >> 20} MiB)"))
+                    index += 1
+                    continue
                 if index >= skip:
                     yield _make_row(index, record, cols, root)
-            return
+                index += 1
         index = 0
         for line in fh:
             if not line.strip():
@@ -147,6 +183,16 @@ def read_rows(path: str, cols: Columns, image_root: Path | None, skip: int = 0) 
                     why = record if isinstance(record, str) and record.startswith("bad JSON") else "not a JSON object"
                     yield Row(index, str(index + 1), None, None, ("bad_input", f"row {index + 1}: {why}"))
             index += 1
+
+
+def check_unique_ids(path: str, cols: Columns) -> None:
+    """Refuse (exit 2, before any output) an input in which two rows have the same id."""
+    first: dict[str, int] = {}
+    for row in read_rows(path, cols, Path("/")):
+        if row.id in first:
+            raise UsageError(f"{path}: rows {first[row.id] + 1} and {row.index + 1} have the same id {row.id!r}; "
+                             "ids must be unique (drop the id column to number the rows)")
+        first[row.id] = row.index
 
 
 def count_rows(path: str) -> int | None:

@@ -47,7 +47,7 @@ def reference_pixels(path: Path) -> np.ndarray:
 
 
 def main() -> None:
-    from ticor.export.model import PRESETS, load_backbones
+    from ticor.training.model import PRESETS, load_backbones
 
     HERE.mkdir(parents=True, exist_ok=True)
     pics = pictures()

@@ -10,9 +10,8 @@ import pytest
 
 from tests.conftest import FIXTURE_DATA, ticor
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_quick_bench_writes_sound_results_report_and_plots(fp32_bundle: Path, tmp_path: Path) -> None:
     from ticor.benchmarks.bench import SCHEMA_VERSION, check_results
 
@@ -30,7 +29,8 @@ def test_quick_bench_writes_sound_results_report_and_plots(fp32_bundle: Path, tm
         assert res["cold"][name]["cold_start_s"] > 0 and res["cold"][name]["peak_rss_mb"] > 0
         assert 0 <= res["quality"][name]["overall"]["f1"] <= 1
     # the same trained weights in torch and in the fp32 graphs: the same decisions
-    assert res["quality"]["ort-fp32"]["overall"]["f1"] == pytest.approx(res["quality"]["torch-eager-fp32"]["overall"]["f1"],
+    quality = res["quality"]
+    assert quality["ort-fp32"]["overall"]["f1"] == pytest.approx(quality["torch-eager-fp32"]["overall"]["f1"],
                                                                     abs=1e-6)
     assert res["limit"]["matmul_peak"]["2"]["int8_gops"] > 0
     assert {t["target"].split(",")[0] for t in res["targets"]} >= {"end-to-end fresh pair"}
@@ -47,3 +47,22 @@ def test_a_broken_results_file_is_caught() -> None:
     bad = {"schema_version": 1, "branches": {"x": {"text": {"2": {"1": {"p50_ms": float("nan")}}}}}}
     problems = check_results(bad)
     assert any("missing machine" in p for p in problems) and any("nan" in p for p in problems)
+
+
+@pytest.mark.parametrize(("values", "want_lo", "want_hi"), [
+    ([0.785, 0.7855, 0.786], 0.7605, 0.8105),  # equal quality: 5 points wide, not 0.001
+    ([0.60, 0.80], 0.59, 0.81),  # a real spread shows whole, with a margin
+    ([0.99, 1.0], 0.95, 1.0),  # kept inside [0, 1] without shrinking
+])
+def test_the_f1_axis_has_an_honest_span(values: list[float], want_lo: float, want_hi: float) -> None:
+    from ticor.benchmarks.report import f1_span
+
+    lo, hi = f1_span(values)
+    assert lo == pytest.approx(want_lo, abs=1e-9) and hi == pytest.approx(want_hi, abs=1e-9)
+    assert hi - lo >= 0.05 - 1e-12 and lo <= min(values) and hi >= max(values)
+
+
+def test_latency_axis_goes_log_only_for_a_wide_spread() -> None:
+    from ticor.benchmarks.report import latency_is_log
+
+    assert latency_is_log([2.0, 70.0]) and not latency_is_log([15.0, 24.0, 70.0]) and not latency_is_log([])

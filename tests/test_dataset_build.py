@@ -45,7 +45,7 @@ def test_two_builds_are_byte_identical(built: Path, tmp_path: Path) -> None:
     assert _manifest(built)["dataset_sha256"] == _manifest(other)["dataset_sha256"]
     files = _tree(built)
     assert files == _tree(other)
-    match, mismatch, errors = filecmp.cmpfiles(built, other, files, shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(built, other, files, shallow=False)
     assert not mismatch and not errors
 
 

@@ -191,6 +191,43 @@ def test_rank_both_ways_matches_the_pair_scores(matcher, pictures) -> None:
     assert {h.index for h in r2.hits} == {0, 1, 3} and r2.failed[0][:2] == (2, "bad_input")
 
 
+def test_picture_bytes_of_every_accepted_format_rank_texts(matcher, pictures) -> None:
+    from PIL import Image
+
+    from ticor.inputs import FORMATS, is_image_bytes
+
+    texts = ["a red apple", "a cat", "一只猫"]
+    with Image.open(pictures[0]) as im:
+        rgb = im.convert("RGB")
+    for fmt in FORMATS:
+        buf = io.BytesIO()
+        rgb.save(buf, format=fmt)
+        raw = buf.getvalue()
+        assert is_image_bytes(raw), fmt
+        got = matcher.rank(raw, texts, k=3)  # the bytes are the query picture, never a text
+        want = matcher.rank(Image.open(io.BytesIO(raw)), texts, k=3)
+        assert [(h.index, round(h.score, 5)) for h in got.hits] == [(h.index, round(h.score, 5)) for h in want.hits]
+    assert not is_image_bytes(b"a caption as bytes") and not is_image_bytes(b"RIFF....WAVEfmt ")
+
+
+def test_branch_level_api_is_what_score_uses(matcher, pictures) -> None:
+    from ticor import UsageError
+
+    px = np.stack([matcher.prepare_picture(p) for p in pictures[:3]])
+    iv = matcher.embed_pixels(px)
+    np.testing.assert_allclose(iv, matcher.embed_images(pictures[:3]), atol=1e-6)
+    np.testing.assert_allclose(matcher.run_branch("image", px), iv, atol=1e-6)
+    ids, mask = matcher.tokenize(["a red apple"])
+    tv = matcher.run_branch("text", ids, mask)
+    np.testing.assert_allclose(tv, matcher.embed_texts(["a red apple"]), atol=1e-6)
+    assert np.isclose(matcher.run_branch("head", tv, iv[:1])[0], matcher.score("a red apple", pictures[0]).score,
+                      atol=1e-6)
+    with pytest.raises(UsageError, match="takes 2 arrays"):
+        matcher.run_branch("text", ids)
+    with pytest.raises(UsageError, match="pixels must be"):
+        matcher.embed_pixels(px[:, :, :10])
+
+
 def test_many_threads_share_one_matcher(matcher, pictures) -> None:
     pairs = [(f"picture number {i}", pictures[i % len(pictures)]) for i in range(24)]
     want = [m.score for m in matcher.score_batch(pairs)]
@@ -200,7 +237,7 @@ def test_many_threads_share_one_matcher(matcher, pictures) -> None:
     def work(n: int) -> None:
         try:
             got[n] = [matcher.score(t, p).score for t, p in pairs]
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
@@ -319,7 +356,7 @@ def test_providers_are_explicit(fp32_bundle: Path, monkeypatch) -> None:
     from ticor.sessions import available_providers
 
     if "CUDAExecutionProvider" not in available_providers():
-        with pytest.raises(ProviderError, match="'cuda' .* is not available"):
+        with pytest.raises(ProviderError, match=r"'cuda' .* is not available"):
             Matcher.load(fp32_bundle, providers="cuda")
     with pytest.raises(ProviderError, match="NoSuchExecutionProvider"):
         Matcher.load(fp32_bundle, providers=["NoSuchExecutionProvider"])
@@ -350,14 +387,14 @@ def test_optimized_graph_cache_gives_the_same_scores(fp32_bundle: Path, tmp_path
 
 
 def test_preprocessing_matches_the_torch_reference(matcher) -> None:
-    from ticor.preprocess import encode_texts, load_image
+    from ticor.preprocess import load_image
 
     ref = np.load(PARITY / "reference.npz")
     meta = json.loads((PARITY / "reference.json").read_text(encoding="utf-8"))
     for name, rel in meta["pictures"].items():
         np.testing.assert_allclose(load_image(REPO / rel, matcher.manifest.image_spec), ref[f"pixels/{name}"],
                                    atol=1e-6, err_msg=name)
-    ids, mask = encode_texts(matcher._tok, meta["texts"], matcher.manifest.text_spec)
+    ids, mask = matcher.tokenize(meta["texts"])
     np.testing.assert_array_equal(ids, ref["input_ids"])
     np.testing.assert_array_equal(mask, ref["attention_mask"])
 

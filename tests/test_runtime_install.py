@@ -104,7 +104,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import ticor
-from ticor.preprocess import encode_texts, load_image
+from ticor.preprocess import load_image
 repo = Path({str(REPO)!r})
 m = ticor.Matcher.load({str(fp32_bundle)!r}, providers="cpu")
 pics = sorted((repo / "tests/fixtures/data/images").glob("*/*.png"))[:6]
@@ -115,7 +115,7 @@ ref = np.load(repo / "tests/fixtures/parity/reference.npz")
 meta = json.loads((repo / "tests/fixtures/parity/reference.json").read_text(encoding="utf-8"))
 for name, rel in meta["pictures"].items():
     np.testing.assert_allclose(load_image(repo / rel, m.manifest.image_spec), ref["pixels/" + name], atol=1e-6)
-ids, mask = encode_texts(m._tok, meta["texts"], m.manifest.text_spec)
+ids, mask = m.tokenize(meta["texts"])
 assert (ids == ref["input_ids"]).all() and (mask == ref["attention_mask"]).all()
 print(sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "transformers", "onnx")))
 """

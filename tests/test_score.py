@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import resource
 import shutil
 import signal
@@ -231,7 +230,59 @@ def test_max_failures_stops_early(rows, fp32_bundle: Path, tmp_path: Path) -> No
     assert r.returncode == 1 and "over --max-failures 10" in r.stderr
 
 
-def test_rank_over_a_folder_uses_the_cache(fp32_bundle: Path, tmp_path: Path) -> None:
+def test_a_caption_over_the_csv_field_limit_is_one_row_and_the_rest_is_scored(rows, fp32_bundle: Path,
+                                                                              tmp_path: Path) -> None:
+    data, d = rows
+    long_caption = "a red apple on a wooden table, " * 6000  # about 190 KB, over csv's default 128 KiB
+    src = [dict(r, text=r["text"] or "") for r in data[:10]] + [{"id": "long", "text": long_caption,
+                                                                  "image": data[0]["image"]}]
+    inp = _write(src + [dict(r, text=r["text"] or "") for r in data[10:20]], tmp_path / "in.csv")
+    out = tmp_path / "out.jsonl"
+    r = ticor("score", str(inp), "-o", str(out), *_fix(d, fp32_bundle), check=False)
+    assert r.returncode == 0, r.stderr
+    got = {x["id"]: x for x in _read(out)}
+    assert len(got) == 21 and got["long"]["status"] == "ok" and got["long"]["flags"] == "cut"
+
+
+def test_duplicate_ids_are_refused_before_anything_is_written(rows, fp32_bundle: Path, tmp_path: Path) -> None:
+    data, d = rows
+    dup = data[:5] + [dict(data[7], id=data[2]["id"])] + data[8:12]
+    for suffix in (".jsonl", ".csv"):
+        inp = _write([dict(r, text=r["text"] or "") for r in dup], tmp_path / f"in{suffix}")
+        out = tmp_path / f"out{suffix}.jsonl"
+        r = ticor("score", str(inp), "-o", str(out), *_fix(d, fp32_bundle), check=False)
+        assert r.returncode == 2 and f"rows 3 and 6 have the same id {data[2]['id']!r}" in r.stderr, r.stderr
+        assert not out.exists() and not out.with_name(out.name + ".ticor-parts").exists()
+    # a stream cannot be checked first: the repeated id is that row's status, the rest is scored
+    text = "".join(json.dumps(r) + "\n" for r in dup)
+    r = subprocess.run([sys.executable, "-m", "ticor", "score", "-", *_fix(d, fp32_bundle)], input=text,
+                       capture_output=True, text=True, check=False)
+    got = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.returncode == 1 and len(got) == len(dup)
+    assert got[5]["status"] == "bad_input" and "already used by row 3" in got[5]["error"]
+    assert [g["status"] for g in got if g is not got[5]] == ["ok"] * (len(dup) - 1)
+
+
+def test_invalid_utf8_in_a_csv_is_flagged_replaced(rows, fp32_bundle: Path, tmp_path: Path) -> None:
+    data, d = rows
+    inp = tmp_path / "in.csv"
+    lines = [b"id,text,image", b"good,a cat," + data[0]["image"].encode(),
+             b"broken,a c\xffat \xe4\xb8," + data[0]["image"].encode(), b"id-\xfe,a cat," + data[0]["image"].encode()]
+    inp.write_bytes(b"\n".join(lines) + b"\n")
+    r = ticor("score", str(inp), *_fix(d, fp32_bundle), check=False)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [g["id"] for g in got] == ["good", "broken", "id-\ufffd"]
+    assert [g["flags"] for g in got] == ["", "replaced", ""]
+    assert got[1]["score"] != got[0]["score"]  # scored as the text it is (with U+FFFD), not dropped
+
+
+def test_rank_over_a_folder_reads_the_embedding_cache(fp32_bundle: Path, tmp_path: Path) -> None:
+    import hashlib
+    import sqlite3
+
+    import numpy as np
+
     env = {"TICOR_CACHE": str(tmp_path / "cache")}
     args = ["rank", "--text", "a red apple", "--images", str(FIXTURE_DATA / "images"), "-k", "5",
             "--bundle", str(fp32_bundle)]
@@ -239,15 +290,24 @@ def test_rank_over_a_folder_uses_the_cache(fp32_bundle: Path, tmp_path: Path) ->
     hits = [json.loads(x) for x in first.stdout.splitlines()]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert hits == sorted(hits, key=lambda h: -h["score"])
-    assert (tmp_path / "cache" / "embeddings.sqlite").is_file()
-    second = ticor(*args, env=env)
-    assert second.stdout == first.stdout
+    pictures = list((FIXTURE_DATA / "images").glob("*/*.png"))
+    db = sqlite3.connect(tmp_path / "cache" / "embeddings.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM emb").fetchone()[0] == len(pictures) + 1  # every picture, one text
+    # give every stored picture the vector of the last-ranked hit: a second run that reads the cache
+    # must then score all pictures alike; one that recomputed them would print the first run again
+    key = hashlib.sha256(Path(hits[-1]["image"]).read_bytes()).hexdigest()
+    scope, vec = db.execute("SELECT scope, vec FROM emb WHERE key = ?", (key,)).fetchone()
+    assert db.execute("UPDATE emb SET vec = ? WHERE scope = ?", (vec, scope)).rowcount == len(pictures)
+    db.commit()
+    db.close()
+    second = [json.loads(x) for x in ticor(*args, env=env).stdout.splitlines()]
+    assert len({round(h["score"], 6) for h in second}) == 1
+    assert np.isclose(second[0]["score"], hits[-1]["score"], atol=1e-6)
     texts = tmp_path / "texts.txt"
     texts.write_text("a red apple\na cat\n一只猫\n", encoding="utf-8")
-    pic = min((FIXTURE_DATA / "images").glob("*/*.png"))
+    pic = min(pictures)
     r = ticor("rank", "--image", str(pic), "--texts", str(texts), "-k", "2", "--bundle", str(fp32_bundle),
               env=env)
     assert len(r.stdout.splitlines()) == 2
     r = ticor("rank", "--text", "x", "--bundle", str(fp32_bundle), check=False)
     assert r.returncode == 2 and "--images DIR" in r.stderr
-    assert os.environ.get("TICOR_CACHE") != env["TICOR_CACHE"]

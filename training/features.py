@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ticor.preprocess import encode_texts, load_image, load_tokenizer
+from ticor._console import Progress
+from ticor.preprocess import ImageSpec, TextSpec, encode_texts, load_image, load_tokenizer
 
 
 @dataclass
@@ -53,12 +53,6 @@ def _key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _progress(what: str, done: int, total: int, t0: float, quiet: bool) -> None:
-    if not quiet:
-        rate = done / max(time.monotonic() - t0, 1e-9)
-        print(f"\r  {what}: {done}/{total} ({rate:.0f}/s)", end="", file=sys.stderr, flush=True)
-
-
 def _load_cached(path: Path, key: str) -> dict[str, torch.Tensor] | None:
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):
@@ -83,7 +77,7 @@ def _store(path: Path, key: str, tensors: dict[str, torch.Tensor], meta: dict) -
 
 
 @torch.no_grad()
-def text_features(branch, tokenizer_path: Path, spec, texts: list[str], cache: Path, weights_id: str,
+def text_features(branch: Any, tokenizer_path: Path, spec: TextSpec, texts: list[str], cache: Path, weights_id: str,
                   batch: int = 128, quiet: bool = False) -> TextFeatures:
     key = _key({"weights": weights_id, "split": branch.split, "spec": spec.to_json(),
                 "tokenizer": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
@@ -98,7 +92,7 @@ def text_features(branch, tokenizer_path: Path, spec, texts: list[str], cache: P
     order = sorted(range(len(texts)), key=lambda i: lengths[i])  # little padding per batch
     per_text: list[torch.Tensor | None] = [None] * len(texts)
     pooled = torch.zeros(len(texts), branch.bert.config.hidden_size)
-    t0 = time.monotonic()
+    bar = Progress("ticor train: text trunk", len(texts), quiet)
     for start in range(0, len(order), batch):
         idx = order[start : start + batch]
         ids, mask = encode_texts(tok, [texts[i] for i in idx], spec)
@@ -108,9 +102,8 @@ def text_features(branch, tokenizer_path: Path, spec, texts: list[str], cache: P
         for row, i in enumerate(idx):
             per_text[i] = h[row, : lengths[i]].clone()
             pooled[i] = p[row]
-        _progress("text trunk", start + len(idx), len(texts), t0, quiet)
-    if not quiet:
-        print(file=sys.stderr)
+        bar.update(start + len(idx))
+    bar.close()
     offsets = torch.tensor([0] + np.cumsum(lengths).tolist(), dtype=torch.long)
     hidden = torch.cat(per_text, dim=0)  # type: ignore[arg-type]
     _store(path, key, {"hidden": hidden, "offsets": offsets, "pooled": pooled}, {"texts": len(texts)})
@@ -118,7 +111,7 @@ def text_features(branch, tokenizer_path: Path, spec, texts: list[str], cache: P
 
 
 @torch.no_grad()
-def image_features(branch, spec, root: Path, images: list[str], cache: Path, weights_id: str,
+def image_features(branch: Any, spec: ImageSpec, root: Path, images: list[str], cache: Path, weights_id: str,
                    batch: int = 64, quiet: bool = False) -> ImageFeatures:
     key = _key({"weights": weights_id, "split": branch.split, "spec": spec.to_json(),
                 "images": hashlib.sha256("\n".join(images).encode()).hexdigest()})
@@ -128,16 +121,15 @@ def image_features(branch, spec, root: Path, images: list[str], cache: Path, wei
     if hit is not None:
         return ImageFeatures(images, {p: i for i, p in enumerate(images)}, hit["trunk"], hit["pooled"])
     trunks, pooled = [], []
-    t0 = time.monotonic()
+    bar = Progress("ticor train: image trunk", len(images), quiet)
     for start in range(0, len(images), batch):
         names = images[start : start + batch]
         x = torch.from_numpy(np.stack([load_image(root / n, spec) for n in names]))
         t = branch.trunk(x)
         trunks.append(t)
         pooled.append(branch.pooled_final(t))
-        _progress("image trunk", start + len(names), len(images), t0, quiet)
-    if not quiet:
-        print(file=sys.stderr)
+        bar.update(start + len(names))
+    bar.close()
     trunk, pool = torch.cat(trunks), torch.cat(pooled)
     _store(path, key, {"trunk": trunk, "pooled": pool}, {"images": len(images)})
     return ImageFeatures(images, {p: i for i, p in enumerate(images)}, trunk, pool)

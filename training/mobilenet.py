@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ticor.export.weights import ASSETS, HashMismatchError, sha256_file
+from ticor.training.weights import ASSETS, HashMismatchError, sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

