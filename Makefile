@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test,bench,ray,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,build,test,bench,ray,dev,heif]'
 	touch $(STAMP)
 
 venv: $(STAMP)

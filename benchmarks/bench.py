@@ -48,7 +48,7 @@ from ticor.benchmarks.variants import (
     torch_variant,
 )
 from ticor.bundle import GRAPH_FILES, read_manifest
-from ticor.errors import UsageError
+from ticor.errors import TicorError, UsageError
 from ticor.evaluation import load_dataset, split_scores
 from ticor.metrics import evaluate
 from ticor.paths import bundle_dir, cache_path, dataset_dir, run_dir
@@ -164,6 +164,25 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
         calls = {v.name: (lambda v=v: v.pair(*nxt())) for v in variants if v.pair}
         for name, ms in interleaved(calls, runs).items():
             e2e.setdefault(name, {})["fresh_pair"] = stats(ms, 1)
+        # camera photos, the same file for every variant: a 12 MP JPEG and a ~4K PNG made from real photographs
+        try:
+            from ticor.dataset.photos import camera_set
+
+            cam = camera_set()
+        except TicorError as exc:
+            skipped["camera-photo rows"] = f"not run: the photographs are not fetched ({exc}); run `ticor data fetch`"
+        else:
+            for key, files in (("fresh_pair_12mp_jpeg", cam["jpeg"]), ("fresh_pair_4k_png", cam["png"])):
+                pick = {"i": 0}
+
+                def photo(files: list[Path] = files, pick: dict[str, int] = pick) -> str:
+                    pick["i"] = (pick["i"] + 1) % len(files)
+                    return str(files[pick["i"]])
+
+                calls = {v.name: (lambda v=v, photo=photo: v.pair(fresh_pairs[0][0], photo())) for v in variants
+                         if v.pair}
+                for name, ms in interleaved(calls, max(5, runs // 3), warmup=1).items():
+                    e2e.setdefault(name, {})[key] = stats(ms, 1)
         calls = {v.name: (lambda v=v: v.head(emb[:1], emb[:1])) for v in variants if v.head}
         for name, ms in interleaved(calls, runs).items():
             e2e.setdefault(name, {})["cached_pair"] = stats(ms, 1)

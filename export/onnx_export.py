@@ -152,7 +152,9 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
     if not force and (out / MANIFEST).is_file():
         try:
             m = read_manifest(out)
-            if m.trained_sha256 == trained_sha:
+            preset = PRESETS[log["preset"]]
+            if m.trained_sha256 == trained_sha and (m.text_spec, m.image_spec) == (preset.text_spec,
+                                                                                    preset.image_spec):
                 say(quiet, f"ticor export: {out} is up to date")
                 return out
         except BundleError as exc:

@@ -160,7 +160,7 @@ def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibrat
             done = read_manifest(out)
             q = done.quantization
             if q is not None and q.source_model_version == m.model_version and q.asked == {
-                    "text": text, "image": image}:
+                    "text": text, "image": image} and (done.text_spec, done.image_spec) == (m.text_spec, m.image_spec):
                 say(quiet, f"ticor quantize: {out} is up to date")
                 return done
         except BundleError as exc:

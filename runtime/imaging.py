@@ -37,6 +37,17 @@ def to_rgba(image: Image.Image) -> Image.Image:
     return image.convert("RGB").convert("RGBA")
 
 
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """``flatten(to_rgba(image))`` without the round trip through RGBA for pictures that have no
+    transparency and need no scaling (most photos): the same pixels, a fraction of the work."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("L", "CMYK", "YCbCr", "RGBX") and "transparency" not in image.info:
+        return image.convert("RGB")
+    return flatten(to_rgba(image), background)
+
+
 def flatten(rgba: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     """Composite an RGBA image on the fixed background and return RGB."""
     if rgba.mode != "RGBA":

@@ -8,6 +8,7 @@ pixel limit is checked from the header before any pixel is decoded.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import unicodedata
@@ -19,15 +20,22 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ticor.errors import InputError
-from ticor.preprocess import ImageSpec, image_array
+from ticor.preprocess import ImageSpec, draft_for, image_array
 
-#: Formats opened at all; anything else (PSD, EPS, PDF, FITS, ...) is ``unsupported_format``.
+#: Formats always opened; anything else (PSD, EPS, PDF, FITS, ...) is ``unsupported_format``.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-#: How each accepted format's files start (what :func:`is_image_bytes` recognises).
+#: Formats phones write, opened when this install can: AVIF (Pillow's own plugin, when built
+#: with it) and HEIF/HEIC (the ``heif`` extra, pillow-heif). See :func:`accepted_formats`.
+OPTIONAL_FORMATS = ("AVIF", "HEIF")
+HEIF_LINE = "pip install 'ticor[heif]'"
+#: How each format's files start (what :func:`is_image_bytes` and the refusals recognise).
 _MAGIC = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "WEBP": (b"RIFF",), "GIF": (b"GIF87a", b"GIF89a"),
           "BMP": (b"BM",), "TIFF": (b"II*\x00", b"MM\x00*")}
-#: File name extensions of the accepted formats (what ``ticor rank --images DIR`` picks up).
-EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_BRANDS = {"HEIF": {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}, "AVIF": {b"avif", b"avis"}}
+_EXTENSIONS = {"JPEG": (".jpg", ".jpeg", ".jpe"), "PNG": (".png",), "WEBP": (".webp",), "GIF": (".gif",),
+               "BMP": (".bmp",), "TIFF": (".tif", ".tiff"), "AVIF": (".avif",), "HEIF": (".heic", ".heif")}
+#: File name extensions of the always-accepted formats (:func:`accepted_extensions` adds the others).
+EXTENSIONS = tuple(e for f in FORMATS for e in _EXTENSIONS[f])
 #: Pictures larger than this many pixels (width x height, from the header) are ``too_large``.
 MAX_PIXELS = 40_000_000
 #: Raw text is cut to this many characters before tokenizing (tokenizers are superlinear).
@@ -38,10 +46,42 @@ IMAGE_ERRORS = ("missing", "unreadable", "decode_error", "too_large", "unsupport
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
 
+@functools.lru_cache(maxsize=1)
+def accepted_formats() -> tuple[str, ...]:
+    """:data:`FORMATS` plus the optional ones this install decodes (pillow-heif is registered here)."""
+    from PIL import features
+
+    found = list(FORMATS)
+    if features.check("avif"):
+        found.append("AVIF")
+    try:
+        import pillow_heif
+    except ImportError:
+        pass
+    else:
+        pillow_heif.register_heif_opener()
+        found.append("HEIF")
+    return tuple(found)
+
+
+def accepted_extensions() -> tuple[str, ...]:
+    return tuple(e for f in accepted_formats() for e in _EXTENSIONS[f])
+
+
+def sniff(data: bytes) -> str | None:
+    """The format ``data`` starts like, among the accepted and optional ones (``None``: none)."""
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        return next((f for f, brands in _BRANDS.items() if brand in brands), None)
+    for fmt, magics in _MAGIC.items():
+        if any(data.startswith(m) for m in magics) and (fmt != "WEBP" or data[8:12] == b"WEBP"):
+            return fmt
+    return None
+
+
 def is_image_bytes(data: bytes) -> bool:
-    """Whether ``data`` starts like a picture in one of the accepted :data:`FORMATS`."""
-    return any(data.startswith(m) for magics in _MAGIC.values() for m in magics) and (
-        not data.startswith(b"RIFF") or data[8:12] == b"WEBP")
+    """Whether ``data`` starts like a picture in one of the accepted formats."""
+    return sniff(data) in accepted_formats()
 
 
 def _describe(source: Any) -> str:
@@ -50,11 +90,17 @@ def _describe(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-def _open_bytes(fh: BinaryIO, name: str) -> Image.Image:
+def _open_bytes(fh: BinaryIO, name: str, spec: ImageSpec | None = None) -> Image.Image:
+    formats = accepted_formats()
     try:
-        im = Image.open(fh, formats=FORMATS)
+        im = Image.open(fh, formats=formats)
     except UnidentifiedImageError:
         fh.seek(0)
+        kind = sniff(fh.read(16))
+        fh.seek(0)
+        if kind in OPTIONAL_FORMATS and kind not in formats:
+            need = HEIF_LINE if kind == "HEIF" else "a Pillow built with AVIF support (pip install -U pillow)"
+            raise InputError("unsupported_format", f"{name}: {kind} pictures need {need}") from None
         try:  # a real picture in a format we do not open says so; anything else is not a picture
             with Image.open(fh) as other:
                 fmt = other.format
@@ -62,7 +108,7 @@ def _open_bytes(fh: BinaryIO, name: str) -> Image.Image:
             fmt = None
         if fmt:
             raise InputError("unsupported_format", f"{name}: {fmt} pictures are not accepted "
-                             f"(accepted: {', '.join(FORMATS)})") from None
+                             f"(accepted: {', '.join(formats)})") from None
         raise InputError("decode_error", f"{name}: not a picture in any known format") from None
     except Image.DecompressionBombError as exc:
         raise InputError("too_large", f"{name}: {exc}") from None
@@ -77,6 +123,8 @@ def _open_bytes(fh: BinaryIO, name: str) -> Image.Image:
         raise InputError("decode_error", f"{name}: empty picture ({w}x{h})")
     try:
         im.seek(0)  # animated GIF/WebP/APNG and multi-page TIFF: the first frame
+        if spec is not None:
+            draft_for(im, spec)  # a large JPEG decodes at a DCT scale, the header limit already checked
         im.load()
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         im.close()
@@ -87,9 +135,10 @@ def _open_bytes(fh: BinaryIO, name: str) -> Image.Image:
     return im
 
 
-def open_image(source: ImageInput) -> Image.Image:
-    """A fully decoded Pillow image (first frame) from a path, bytes, a binary file, a Pillow
-    image or an ``HxW``/``HxWxC`` uint8 array. Raises :class:`InputError`."""
+def open_image(source: ImageInput, spec: ImageSpec | None = None) -> Image.Image:
+    """A decoded Pillow image (first frame) from a path, bytes, a binary file, a Pillow image or
+    an ``HxW``/``HxWxC`` uint8 array; with ``spec``, a large JPEG is decoded only at the scale the
+    spec's picture path needs. Raises :class:`InputError`."""
     name = _describe(source)
     if isinstance(source, Image.Image):
         if source.width * source.height > MAX_PIXELS:
@@ -105,7 +154,7 @@ def open_image(source: ImageInput) -> Image.Image:
         arr = source[:, :, 0] if source.ndim == 3 and source.shape[2] == 1 else source
         return Image.fromarray(np.ascontiguousarray(arr))
     data, name = read_source(source)
-    return decode(data or b"", name)
+    return decode(data or b"", name, spec)
 
 
 def picture_pixels(image: Image.Image, spec: ImageSpec, name: str) -> np.ndarray:
@@ -150,11 +199,11 @@ def read_source(source: ImageInput) -> tuple[bytes | None, str]:
                      f"not {type(source).__name__}")
 
 
-def decode(data: bytes, name: str = "<bytes>") -> Image.Image:
+def decode(data: bytes, name: str = "<bytes>", spec: ImageSpec | None = None) -> Image.Image:
     """Decode encoded picture bytes (see :func:`open_image`)."""
     if not data:
         raise InputError("decode_error", f"{name}: empty file")
-    return _open_bytes(io.BytesIO(data), name)
+    return _open_bytes(io.BytesIO(data), name, spec)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ threads at once.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ from ticor.sessions import SessionConfig, create_session, resolve_providers, ses
 
 __all__ = ["Match", "Matcher", "PreparedBatch", "Ranked", "Ranking", "default_bundle"]
 
+#: Default picture-decoding threads per Matcher (see ``Matcher.load``); measured in the README.
+DECODE_THREADS = min(4, os.cpu_count() or 1)
 TEXT_BATCH = 64
 IMAGE_BATCH = 16
 HEAD_BATCH = 4096
@@ -58,11 +62,14 @@ class Matcher:
     """A loaded bundle. Create with :meth:`load`."""
 
     def __init__(self, manifest: Manifest, sessions: dict[str, Any], config: SessionConfig,
-                 cache: EmbeddingCache | None) -> None:
+                 cache: EmbeddingCache | None, decode_threads: int = 1) -> None:
         self.manifest = manifest
         self._sessions = sessions
         self.config = config
         self._cache = cache
+        self.decode_threads = decode_threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._tok = load_tokenizer(manifest.tokenizer_path, manifest.text_spec)
         self._text_spec = manifest.text_spec
         self._image_spec = manifest.image_spec
@@ -80,7 +87,8 @@ class Matcher:
     def load(cls, bundle: str | os.PathLike | None = None, *, providers: str | Sequence[str] | None = None,
              threads: int | None = None, inter_op_threads: int | None = None, optimization: str = "all",
              memory_arena: bool = True, optimized_cache: bool | str | os.PathLike = False,
-             cache: bool | str | os.PathLike = False, cache_max_bytes: int = DEFAULT_MAX_BYTES) -> Matcher:
+             cache: bool | str | os.PathLike = False, cache_max_bytes: int = DEFAULT_MAX_BYTES,
+             decode_threads: int | None = None) -> Matcher:
         """Verify and load ``bundle`` (default: :func:`default_bundle`).
 
         providers: ``"auto"`` (default; ``TICOR_PROVIDER`` if set), ``"cpu"``, ``"cuda"``,
@@ -89,7 +97,13 @@ class Matcher:
         optimization: ``disable``, ``basic``, ``extended`` or ``all`` graph optimizations.
         optimized_cache: keep optimized graphs (``True``: ``CACHE/optimized``) for a faster next load.
         cache: persistent embedding cache (``True``: ``CACHE/embeddings.sqlite``, or a file path).
+        decode_threads: pictures of one batch decoded and prepared in parallel (Pillow releases
+            the GIL while it decodes and resizes); default :data:`DECODE_THREADS`, 1 for none.
         """
+        if decode_threads is None:
+            decode_threads = DECODE_THREADS
+        if not isinstance(decode_threads, int) or isinstance(decode_threads, bool) or decode_threads < 1:
+            raise UsageError(f"decode_threads must be a positive integer, not {decode_threads!r}")
         root = Path(os.path.expanduser(str(bundle))) if bundle is not None else default_bundle()
         if not root.is_dir():
             hint = " (run `make run` or `ticor quantize` to build it)" if bundle is None else ""
@@ -113,7 +127,7 @@ class Matcher:
         store = None
         if cache:
             store = EmbeddingCache(embeddings_db() if cache is True else Path(cache), cache_max_bytes)
-        return cls(m, sessions, config, store)
+        return cls(m, sessions, config, store, decode_threads)
 
     @property
     def providers(self) -> dict[str, list[str]]:
@@ -132,7 +146,7 @@ class Matcher:
     def prepare_picture(self, image: ImageInput) -> np.ndarray:
         """The image graph's ``[3, size, size]`` input for one picture. Raises :class:`InputError`."""
         data, name = read_source(image)
-        decoded = open_image(image) if data is None else decode(data, name)
+        decoded = open_image(image) if data is None else decode(data, name, self._image_spec)
         return picture_pixels(decoded, self._image_spec, name)
 
     def run_branch(self, part: str, *arrays: np.ndarray) -> np.ndarray:
@@ -223,7 +237,7 @@ class Matcher:
             try:
                 data, name = read_source(src)
                 if data is None:  # in-memory picture: hash the prepared pixels
-                    arr = picture_pixels(open_image(src), self._image_spec, name)
+                    arr = picture_pixels(open_image(src, self._image_spec), self._image_spec, name)
                     keys[i], sources[i] = content_key(arr.tobytes()), arr
                 else:
                     keys[i], sources[i] = content_key(data), (data, name)
@@ -235,16 +249,24 @@ class Matcher:
         for i, k in keys.items():
             if k not in known:
                 todo.setdefault(k, []).append(i)
-        ready: list[tuple[str, np.ndarray]] = []
-        for k, idx in todo.items():
-            src = sources[idx[0]]
+        def pixels(k: str) -> np.ndarray | InputError:
+            src = sources[todo[k][0]]
+            if isinstance(src, np.ndarray):
+                return src
             try:
-                arr = src if isinstance(src, np.ndarray) else picture_pixels(decode(*src), self._image_spec, src[1])
+                return picture_pixels(decode(src[0], src[1], self._image_spec), self._image_spec, src[1])
             except InputError as exc:
-                for i in idx:
-                    errors[i] = exc
-                continue
-            ready.append((k, arr))
+                return exc
+
+        pool = self._decode_pool() if len(todo) > 1 else None
+        done = list(pool.map(pixels, todo)) if pool is not None else [pixels(k) for k in todo]
+        ready: list[tuple[str, np.ndarray]] = []
+        for k, got in zip(todo, done):
+            if isinstance(got, InputError):
+                for i in todo[k]:
+                    errors[i] = got
+            else:
+                ready.append((k, got))
         return PreparedImages(len(images), keys, known, todo, ready, dict(sorted(errors.items())))
 
     def _run_images(self, p: PreparedImages) -> tuple[np.ndarray, dict[int, InputError]]:
@@ -361,6 +383,17 @@ class Matcher:
         hits = [Ranked(usable[j], float(probs[j]), bool(probs[j] >= self.threshold)) for j in order]
         return Ranking(hits, failed)
 
+    def _decode_pool(self) -> ThreadPoolExecutor | None:
+        if self.decode_threads < 2:
+            return None
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="ticor-decode")
+            return self._pool
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._cache is not None:
             self._cache.close()

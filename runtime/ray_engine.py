@@ -80,7 +80,7 @@ def _prepare_batch(batch: dict[str, np.ndarray], image_spec: ImageSpec) -> dict[
                 c = clean_text(batch["text"][i])
                 text, fl = c.text, ",".join(c.flags)
                 path = str(batch["image"][i])
-                px = picture_pixels(open_image(path), image_spec, path).ravel()
+                px = picture_pixels(open_image(path, image_spec), image_spec, path).ravel()
                 st, err = "ok", None
             except InputError as exc:
                 st, err = exc.kind, str(exc)

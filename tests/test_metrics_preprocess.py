@@ -128,3 +128,23 @@ def test_manifest_problems_are_reported_before_loading(tmp_path) -> None:
         read_manifest(tmp_path)
     with pytest.raises(BundleError, match="no text graph declared"):  # unverified, it must still be whole
         read_manifest(tmp_path, verify=False)
+
+
+def test_an_image_spec_without_a_decode_path_is_the_full_one() -> None:
+    from ticor.errors import UsageError
+    from ticor.preprocess import ImageSpec
+
+    old = {k: v for k, v in ImageSpec().to_json().items() if k != "decode"}  # a manifest from before
+    assert ImageSpec.from_json(old).decode == "full" and ImageSpec.from_json(old).floor is None
+    assert ImageSpec().decode == "reduced" and ImageSpec(size=128).floor == 256 and ImageSpec().box_floor == 1024
+    with pytest.raises(UsageError, match="unknown decode path"):
+        ImageSpec(decode="fast")
+
+
+def test_formats_are_told_apart_by_their_first_bytes() -> None:
+    from ticor.inputs import accepted_formats, sniff
+
+    assert sniff(b"\xff\xd8\xff\xe0") == "JPEG" and sniff(b"II*\x00rest") == "TIFF"
+    assert sniff(b"\x00\x00\x00\x18ftypheic\x00\x00") == "HEIF" and sniff(b"\x00\x00\x00\x1cftypavif") == "AVIF"
+    assert sniff(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None and sniff(b"a caption") is None
+    assert set(accepted_formats()) >= {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}

@@ -99,6 +99,9 @@ def test_every_extra_combination_resolves_to_exactly_one_onnxruntime(
 
 def test_runtime_scores_a_real_bundle_without_torch(runtime_env: Path, fp32_bundle: Path) -> None:
     """Load, score, rank and check preprocessing parity in the runtime-only install."""
+    from ticor.dataset.photos import camera_set
+
+    heic = str(camera_set()["heic"][0]) if camera_set()["heic"] else ""
     code = f"""
 import json, sys
 from pathlib import Path
@@ -117,6 +120,10 @@ for name, rel in meta["pictures"].items():
     np.testing.assert_allclose(load_image(repo / rel, m.manifest.image_spec), ref["pixels/" + name], atol=1e-6)
 ids, mask = m.tokenize(meta["texts"])
 assert (ids == ref["input_ids"]).all() and (mask == ref["attention_mask"]).all()
+heic = {heic!r}
+if heic:  # no pillow-heif here: a phone's HEIC is one row that names the extra to install
+    (r,) = m.score_batch([("a photo", heic)])
+    assert r.status == "unsupported_format" and "ticor[heif]" in r.error, r
 print(sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "transformers", "onnx")))
 """
     out = subprocess.run([str(runtime_env / "bin" / "python"), "-c", code], capture_output=True, text=True,

@@ -12,6 +12,8 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="intra-op threads per graph (default: TICOR_THREADS or "
                                                "onnxruntime's choice)")
     p.add_argument("--no-cache", action="store_true", help="do not use the embedding cache (CACHE/embeddings.sqlite)")
+    p.add_argument("--decode-threads", type=int, help="pictures decoded in parallel per batch (default: up to 4, "
+                                                      "one per core)")
 
 
 def load_matcher(args: argparse.Namespace) -> Any:
@@ -20,4 +22,5 @@ def load_matcher(args: argparse.Namespace) -> Any:
     from ticor.matcher import Matcher
 
     require_onnxruntime()
-    return Matcher.load(args.bundle, providers=args.provider, threads=args.threads, cache=not args.no_cache)
+    return Matcher.load(args.bundle, providers=args.provider, threads=args.threads, cache=not args.no_cache,
+                        decode_threads=args.decode_threads)

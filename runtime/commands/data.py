@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache).expanduser().resolve() if getattr(args, "cache", None) else cache_dir()
     if args.data_command == "fetch":
         _roots(args, cache)
-        _log(f"sources ready in {cache}")
+        from ticor.dataset.photos import photo_paths
+
+        photos = photo_paths(cache)  # camera-photo tests and benchmarks (never training)
+        _log(f"sources ready in {cache} ({len(photos)} real photographs for the picture-path tests)")
         return 0
     if args.data_command == "summary":
         path = Path(args.dataset) / "manifest.json"

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ticor.inputs import EXTENSIONS, FORMATS
+    from ticor.inputs import accepted_extensions, accepted_formats
 
     if (args.text is None) == (args.image is None):
         raise UsageError("give exactly one query: --text TEXT (with --images DIR) or --image FILE (with --texts FILE)")
@@ -35,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
     if args.text is not None:
         if not args.images or not Path(args.images).is_dir():
             raise UsageError("--text needs --images DIR, a folder of pictures")
-        cands = sorted(str(p) for p in Path(args.images).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+        exts = accepted_extensions()
+        cands = sorted(str(p) for p in Path(args.images).rglob("*") if p.suffix.lower() in exts and p.is_file())
         if not cands:
-            raise UsageError(f"{args.images}: no pictures ({', '.join(FORMATS)})")
+            raise UsageError(f"{args.images}: no pictures ({', '.join(accepted_formats())})")
         query = args.text
     else:
         if not args.texts or not Path(args.texts).is_file():
