@@ -149,17 +149,16 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
     trained_sha = sha256_file(trained_path)
     if trained_sha != log["trained_sha256"]:
         raise UsageError(f"{trained_path} does not match its training log (modified?); retrain")
+    preset = PRESETS[log["preset"]]
     if not force and (out / MANIFEST).is_file():
         try:
             m = read_manifest(out)
-            preset = PRESETS[log["preset"]]
             if m.trained_sha256 == trained_sha and (m.text_spec, m.image_spec) == (preset.text_spec,
                                                                                     preset.image_spec):
                 say(quiet, f"ticor export: {out} is up to date")
                 return out
         except BundleError as exc:
             say(quiet, f"ticor export: rebuilding {out} ({exc})")
-    preset = PRESETS[log["preset"]]
     ds = load_dataset(Path(log["dataset"]["path"]))
     if ds.sha256 != log["dataset"]["dataset_sha256"]:
         raise UsageError(f"the dataset at {ds.root} changed since training; retrain")

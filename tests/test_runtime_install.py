@@ -101,7 +101,8 @@ def test_runtime_scores_a_real_bundle_without_torch(runtime_env: Path, fp32_bund
     """Load, score, rank and check preprocessing parity in the runtime-only install."""
     from ticor.dataset.photos import camera_set
 
-    heic = str(camera_set()["heic"][0]) if camera_set()["heic"] else ""
+    heics = camera_set()["heic"]
+    heic = str(heics[0]) if heics else ""
     code = f"""
 import json, sys
 from pathlib import Path
