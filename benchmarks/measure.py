@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -40,30 +41,61 @@ def interleaved(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 3)
     return times
 
 
+# ------------------------------------------------------------------ tiny ONNX graphs without the onnx package
+# The matmul peak needs two one-node graphs; they are written here as protobuf bytes so the
+# benchmark runs in the runtime-only install (onnxruntime reads ONNX bytes; the onnx package
+# is on the build side). Field numbers from onnx.proto (IR version 8).
+_FLOAT, _UINT8, _INT8, _INT32 = 1, 2, 3, 6
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(num: int, payload: bytes | int | str) -> bytes:
+    if isinstance(payload, int):
+        return _varint(num << 3) + _varint(payload)
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint(num << 3 | 2) + _varint(len(data)) + data
+
+
+def _value_info(name: str, elem_type: int, shape: list[int]) -> bytes:
+    dims = b"".join(_field(1, _field(1, d)) for d in shape)  # TensorShapeProto.dim { dim_value }
+    tensor = _field(1, elem_type) + _field(2, dims)  # TypeProto.Tensor { elem_type, shape }
+    return _field(1, name) + _field(2, _field(1, tensor))  # ValueInfoProto { name, type { tensor_type } }
+
+
+def one_node_model(op: str, inputs: list[tuple[str, int, list[int]]], output: tuple[str, int, list[int]],
+                   opset: int = 17) -> bytes:
+    """A serialized ModelProto with one ``op`` node (default domain) from ``inputs`` to ``output``."""
+    node = b"".join(_field(1, n) for n, _, _ in inputs) + _field(2, output[0]) + _field(4, op)
+    graph = (_field(1, node) + _field(2, "peak") + b"".join(_field(11, _value_info(*i)) for i in inputs)
+             + _field(12, _value_info(*output)))
+    return _field(1, 8) + _field(7, graph) + _field(8, _field(1, "") + _field(2, opset))
+
+
 def matmul_peak(threads: int) -> dict[str, float]:
     """This CPU's fp32 and int8 matrix-multiply throughput through onnxruntime (one big MatMul)."""
-    from onnx import TensorProto, helper
-
     m_, k_, n_ = 512, 1024, 1024
+    rng = np.random.default_rng(0)
     out = {}
     for kind in ("fp32", "int8"):
         if kind == "fp32":
-            node = helper.make_node("MatMul", ["a", "b"], ["c"])
-            ins = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m_, k_]),
-                   helper.make_tensor_value_info("b", TensorProto.FLOAT, [k_, n_])]
-            outs = [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m_, n_])]
-            feeds = {"a": np.random.rand(m_, k_).astype(np.float32), "b": np.random.rand(k_, n_).astype(np.float32)}
+            model = one_node_model("MatMul", [("a", _FLOAT, [m_, k_]), ("b", _FLOAT, [k_, n_])],
+                                   ("c", _FLOAT, [m_, n_]))
+            feeds = {"a": rng.random((m_, k_), dtype=np.float32), "b": rng.random((k_, n_), dtype=np.float32)}
         else:
-            node = helper.make_node("MatMulInteger", ["a", "b"], ["c"])
-            ins = [helper.make_tensor_value_info("a", TensorProto.UINT8, [m_, k_]),
-                   helper.make_tensor_value_info("b", TensorProto.INT8, [k_, n_])]
-            outs = [helper.make_tensor_value_info("c", TensorProto.INT32, [m_, n_])]
-            rng = np.random.default_rng(0)
+            model = one_node_model("MatMulInteger", [("a", _UINT8, [m_, k_]), ("b", _INT8, [k_, n_])],
+                                   ("c", _INT32, [m_, n_]))
             feeds = {"a": rng.integers(0, 255, (m_, k_), dtype=np.uint8),
                      "b": rng.integers(-127, 127, (k_, n_), dtype=np.int8)}
-        model = helper.make_model(helper.make_graph([node], "peak", ins, outs),
-                                  opset_imports=[helper.make_opsetid("", 17)])
-        s = plain_cpu_session(model.SerializeToString(), threads=threads)
+        s = plain_cpu_session(model, threads=threads)
         t = interleaved({"mm": lambda s=s, feeds=feeds: s.run(None, feeds)}, 20)["mm"]
         out[f"{kind}_gops"] = 2 * m_ * k_ * n_ / (min(t) / 1e3) / 1e9
     return out
@@ -75,55 +107,147 @@ def text_flops(arch: Architecture, batch: int, seq: int, embed_dim: int) -> floa
     return float(batch * seq * per_token + batch * 2 * h * embed_dim)
 
 
-def graph_flops(path: Path, input_shape: list[int]) -> float:
-    """Conv/Gemm/MatMul FLOPs of a graph at a fixed input shape (ONNX shape inference)."""
-    import onnx
-    from onnx import shape_inference
+# ------------------------------------------------------------------ onnxruntime profiles
+_WEIGHT_INPUT = {"Conv": 1, "FusedConv": 1, "NhwcFusedConv": 1, "QLinearConv": 3, "ConvInteger": 1}
+_MATMULS = {"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm", "QLinearMatMul",
+            "MatMulIntegerToFloat"}
+#: Kernels that compute in integers (the fused forms onnxruntime makes of QDQ and dynamic quantization).
+INTEGER_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearConv", "QLinearMatMul",
+               "QGemm", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QAttention"}
+#: Conversions between float and integers (time spent, not integer arithmetic).
+CONVERT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+#: Weight-only quantized matmuls: int weights, the arithmetic depends on the kernel's accuracy level.
+WEIGHT_ONLY_OPS = {"MatMulNBits"}
 
-    model = onnx.load(str(path))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    for d, v in zip(dims, input_shape):
-        d.ClearField("dim_param")
-        d.dim_value = v
-    model = shape_inference.infer_shapes(model)
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
-    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+
+def profile_nodes(graph: Path, feeds: dict[str, np.ndarray], threads: int, optimization: str = "all",
+                  runs: int = 3) -> list[dict[str, Any]]:
+    """Per-node kernel times and shapes from an onnxruntime profile of ``graph`` on ``feeds``
+    (the last of ``runs`` runs): ``op``, ``us``, ``inputs`` and ``outputs`` shapes."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "profile")
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+        s = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            s.run(None, feeds)
+        events = json.loads(Path(s.end_profiling()).read_text(encoding="utf-8"))
+    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    per_run = len(nodes) // runs if runs else len(nodes)
+    last = nodes[-per_run:] if per_run else []
+
+    def shapes(items: list[dict[str, list[int]]]) -> list[list[int]]:
+        return [next(iter(x.values())) for x in items]
+
+    return [{"op": e["args"]["op_name"], "us": float(e["dur"]),
+             "inputs": shapes(e["args"].get("input_type_shape", [])),
+             "outputs": shapes(e["args"].get("output_type_shape", []))} for e in last]
+
+
+def nodes_flops(nodes: list[dict[str, Any]]) -> float:
+    """Multiply-add FLOPs (2 per MAC) of the convolutions and matrix products in a profile."""
     total = 0.0
-    for n in model.graph.node:
-        out = shapes.get(n.output[0])
-        if not out:
+    for n in nodes:
+        if not n["outputs"]:
             continue
-        if n.op_type == "Conv":
-            w = inits.get(n.input[1])
-            if w:
-                total += 2.0 * math.prod(out) * math.prod(w[1:])
-        elif n.op_type in ("Gemm", "MatMul"):
-            a = shapes.get(n.input[0]) or inits.get(n.input[0])
-            if a:
-                total += 2.0 * math.prod(out) * a[-1]
+        out = n["outputs"][0]
+        if n["op"] in _WEIGHT_INPUT and len(n["inputs"]) > _WEIGHT_INPUT[n["op"]]:
+            w = n["inputs"][_WEIGHT_INPUT[n["op"]]]
+            total += 2.0 * math.prod(out) * math.prod(w[1:])
+        elif n["op"] in _MATMULS and n["inputs"] and n["inputs"][0]:
+            total += 2.0 * math.prod(out) * n["inputs"][0][-1]
     return total
 
 
-def machine_record(threads: list[int]) -> dict[str, Any]:
+def graph_flops(path: Path, input_shape: list[int]) -> float:
+    """Conv/Gemm/MatMul FLOPs of a one-input graph at a fixed input shape, from an onnxruntime
+    profile with basic optimizations only (the original layout, no blocked formats)."""
     import onnxruntime as ort
 
-    info: dict[str, Any] = {"cpu": platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
-                            "numpy": np.__version__, "onnxruntime": ort.__version__,
-                            "providers": ort.get_available_providers(), "threads": threads, "ticor": __version__}
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    feeds = {name: np.zeros(input_shape, np.float32)}
+    return nodes_flops(profile_nodes(path, feeds, threads=1, optimization="basic", runs=1))
+
+
+def kernel_share(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Share of kernel time in integer kernels, and the ops that take the most time."""
+    total = sum(n["us"] for n in nodes) or 1.0
+    by_op: dict[str, float] = {}
+    for n in nodes:
+        by_op[n["op"]] = by_op.get(n["op"], 0.0) + n["us"]
+    top = dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:6])
+    def share(ops: set[str]) -> float:
+        return sum(v for k, v in by_op.items() if k in ops) / total
+
+    return {"integer_share": share(INTEGER_OPS), "convert_share": share(CONVERT_OPS),
+            "weight_only_share": share(WEIGHT_ONLY_OPS), "top_ops_share": {k: v / total for k, v in top.items()},
+            "kernel_us": total}
+
+
+def machine_record(threads: list[int], bundles: list[Path] | None = None) -> dict[str, Any]:
+    """Enough to reproduce a row: CPU and its flags, cores, memory, OS, onnxruntime version and
+    build, providers, thread settings, package versions and each bundle's identity."""
+    import importlib.metadata
+
+    import onnxruntime as ort
+
+    from ticor._deps import onnxruntime_status
+
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(), "machine": platform.machine(), "cores": os.cpu_count(),
+        "os": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
+        "onnxruntime": ort.__version__, "onnxruntime_distribution": ", ".join(onnxruntime_status().distributions),
+        "onnxruntime_build": ort.get_build_info() if hasattr(ort, "get_build_info") else None,
+        "providers": ort.get_available_providers(), "threads": threads, "ticor": __version__,
+        "env": {k: os.environ[k] for k in ("TICOR_THREADS", "TICOR_PROVIDER", "OMP_NUM_THREADS")
+                if k in os.environ},
+    }
+    with contextlib.suppress(AttributeError, OSError):
+        info["affinity_cores"] = len(os.sched_getaffinity(0))
     try:
         txt = Path("/proc/cpuinfo").read_text()
         info["cpu"] = next(x.split(":", 1)[1].strip() for x in txt.splitlines() if x.startswith("model name"))
         flags = next(x.split(":", 1)[1].split() for x in txt.splitlines() if x.startswith("flags"))
-        info["flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni")))
+        info["flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni", "sse4")))
     except (OSError, StopIteration):
         pass
-    import importlib.metadata
-
-    for mod, dist in (("torch", "torch"), ("openvino", "openvino"), ("optimum", "optimum-onnx"),
-                      ("transformers", "transformers")):
+    try:
+        mem = Path("/proc/meminfo").read_text()
+        kb = int(next(x.split()[1] for x in mem.splitlines() if x.startswith("MemTotal")))
+        info["memory_gb"] = round(kb / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    try:
+        osr = Path("/etc/os-release").read_text()
+        info["os_release"] = next(x.split("=", 1)[1].strip('"') for x in osr.splitlines()
+                                  if x.startswith("PRETTY_NAME"))
+    except (OSError, StopIteration):
+        pass
+    for mod, dist in (("tokenizers", "tokenizers"), ("pillow", "pillow"), ("torch", "torch"),
+                      ("openvino", "openvino"), ("optimum", "optimum-onnx"), ("transformers", "transformers"),
+                      ("matplotlib", "matplotlib")):
         try:
             info[mod] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             info[mod] = None
+    if bundles:
+        from ticor.bundle import read_manifest
+
+        info["bundles"] = []
+        for b in bundles:
+            m = read_manifest(b)
+            info["bundles"].append({"path": str(b), "model_version": m.model_version, "precision": m.precision,
+                                    "size_bytes": m.size_bytes,
+                                    "files_sha256": {n: f.sha256 for n, f in sorted(m.files.items())}})
     return info

@@ -11,7 +11,10 @@ import numpy as np
 
 from ticor.metrics import table
 
-SCHEMA_VERSION = 1
+#: results.json schema: 2 adds ``settings.inputs``/``quality_pairs``, ``limit.kernels`` and the fuller
+#: ``machine`` record (memory, OS, onnxruntime build, bundles); the README documents it.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 TARGETS = {"camera_vs_small": 2.5,
            "e2e_vs_torch": 6.0, "e2e_vs_torch_en_small": 8.0, "f1_drop_vs_torch": 0.005, "int8_peak_fraction": 0.30}
 
@@ -51,21 +54,24 @@ def targets(r: dict[str, Any], preset: str) -> list[dict[str, Any]]:
     for name in ours:
         if name in frac and "text" in frac[name]:
             v = frac[name]["text"]
-            out.append({"target": f"{name} text graph >= 30% of the int8 matmul peak at batch {bs}", "value": v,
+            kind = r["variants"].get(name, {}).get("precision", "fp32")
+            kind = "int8" if kind == "int8" else "fp32"
+            out.append({"target": f"{name} text graph >= 30% of the {kind} matmul peak at batch {bs}", "value": v,
                         "met": v >= TARGETS["int8_peak_fraction"]})
     return out
 
 
 def report(r: dict[str, Any]) -> str:
     L = [f"# ticor bench{' (quick)' if r['quick'] else ''}", ""]
+    if r["not_run"]:
+        L += ["Not run in this run, and why:", ""] + [f"- {name}: {why}" for name, why in r["not_run"].items()] + [""]
+    L += [f"Inputs: {r['settings'].get('inputs', 'the dataset test split')}.", ""]
     missed = [t for t in r["targets"] if not t["met"]]
     L += ["## Targets", ""]
     for t in r["targets"]:
         L.append(f"- {'MET' if t['met'] else '**MISSED**'}: {t['target']}: {t['value']:.3g}")
     if not r["targets"]:
         L.append("- no target could be evaluated in this run")
-    for name, why in r["not_run"].items():
-        L.append(f"- {name}: {why}")
     L += ["", f"{len(missed)} of {len(r['targets'])} targets missed.", "", "## Headline", "", headline(r), ""]
     photos = [(n, e) for n, e in r["end_to_end"].items() if "fresh_pair_12mp_jpeg" in e]
     if photos:
@@ -85,7 +91,10 @@ def report(r: dict[str, Any]) -> str:
                 for bs, s in by_b.items():
                     L.append(f"| {name} | {part} | {n} | {bs} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | "
                              f"{s['p99_ms']:.2f} | {s['min_ms']:.2f} | {s['items_per_s']:.0f} |")
-    L += ["", "## Quality on the test split", "", "```", table([(k, v) for k, v in r["quality"].items()]), "```", ""]
+    stored = [k for k, v in r["quality"].items() if "stored in the bundle" in str(v.get("note", ""))]
+    title = (f"## Quality on {r['settings'].get('quality_pairs')} labelled pairs" if not stored else
+             "## Quality: the bundles' stored test metrics (not measured in this run)")
+    L += ["", title, "", "```", table([(k, v) for k, v in r["quality"].items()]), "```", ""]
     lim = r["limit"]
     L += ["## The limit", "", "Measured matmul peak (one 512x1024x1024 MatMul / MatMulInteger in onnxruntime, the "
           "best of 20 runs; other engines' kernels can exceed it, e.g. OpenVINO computing in bf16 on CPUs with "
@@ -97,11 +106,27 @@ def report(r: dict[str, Any]) -> str:
     L += ["", "| variant | text, fraction of peak | image, fraction of peak |", "|---|---|---|"]
     for name, f in lim["fraction_of_peak"].items():
         L.append(f"| {name} | {f.get('text', float('nan')):.1%} | {f.get('image', float('nan')):.1%} |")
+    kernels = r["limit"].get("kernels", {})
+    if kernels:
+        bs = str(max(r["settings"]["batch_sizes"]))
+        L += ["", f"Kernels (onnxruntime profile, batch {bs}): share of kernel time in integer kernels, and the "
+              "ops that take the most time (weight-only: MatMulNBits, int8 weights whose arithmetic depends on its "
+              "accuracy level; convert: (de)quantize nodes)", "",
+              "| variant | branch | integer kernels | weight-only | convert | top ops |", "|---|---|---|---|---|---|"]
+        for name, parts in kernels.items():
+            for part, k in parts.items():
+                top = ", ".join(f"{op} {v:.0%}" for op, v in k["top_ops_share"].items())
+                L.append(f"| {name} | {part} | {k['integer_share']:.1%} | {k.get('weight_only_share', 0):.1%} | "
+                         f"{k.get('convert_share', 0):.1%} | {top} |")
     m = r["machine"]
     L += ["", "## Machine", "",
-          f"- CPU: {m.get('cpu')} ({m.get('cores')} cores), flags: {', '.join(m.get('flags', []))}",
-          (f"- onnxruntime {m['onnxruntime']} ({', '.join(m['providers'])}), torch {m.get('torch')}, "
+          f"- CPU: {m.get('cpu')} ({m.get('cores')} cores, {m.get('memory_gb', '?')} GB), flags: "
+          f"{', '.join(m.get('flags', []))}; {m.get('os_release') or m.get('os')}",
+          (f"- onnxruntime {m['onnxruntime']} ({m.get('onnxruntime_distribution', '?')}; "
+           f"{', '.join(m['providers'])}), torch {m.get('torch')}, "
           f"numpy {m['numpy']}, openvino {m.get('openvino')}, optimum {m.get('optimum')}, Python {m['python']}"),
+          "- bundles: " + "; ".join(f"{b['model_version']} ({b['size_bytes'] / 1e6:.1f} MB)"
+                                   for b in m.get("bundles", [])),
           (f"- settings: {r['settings']}; interleaved runs after 3 warm-up calls; spread as p90/p99 and IQR in "
           f"results.json; run took {r['seconds']} s"), ""]
     return "\n".join(L) + "\n"
@@ -145,8 +170,12 @@ def latency_is_log(values: list[float]) -> bool:
     return bool(values) and max(values) / max(min(values), 1e-9) > 5
 
 
-def plots(r: dict[str, Any], out: Path) -> None:
-    import matplotlib
+def plots(r: dict[str, Any], out: Path) -> str | None:
+    """Write the three plots; returns why not (matplotlib missing) or None."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "not drawn: matplotlib is not installed (pip install 'ticor[plot]')"
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -202,6 +231,7 @@ def plots(r: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "throughput-vs-batch.png", dpi=120)
     plt.close(fig)
+    return None
 
 
 def check_results(r: dict[str, Any]) -> list[str]:

@@ -47,6 +47,49 @@ class Variant:
     note: str = ""
     set_threads: Callable[[int], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    embedder: Callable[[], Any] | None = None  # the Matcher, for quality exactly as `ticor eval` computes it
+
+
+class CallableEmbedder:
+    """A variant's text/image/head callables behind the interface :func:`ticor.pair_eval.score_labelled`
+    uses (the Matcher's): captions batched by length like the Matcher, pictures prepared with
+    the bundle's preprocessing. ``rest`` supplies the image branch and head of a text-only engine."""
+
+    def __init__(self, v: Variant, rest: Variant, tok: Any, manifest: Any) -> None:
+        if rest.image is None or rest.head is None:
+            raise ValueError(f"{rest.name} has no image branch and head to score with")
+        self.v, self.tok, self.m = v, tok, manifest
+        self.image_fn, self.head_fn = rest.image, rest.head
+        self.dim = manifest.embedding_dim
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for s in range(0, len(order), 64):
+            idx = order[s : s + 64]
+            ids, mask = encode_texts(self.tok, [texts[i] for i in idx], self.m.text_spec)
+            out[idx] = self.v.text(ids, mask)
+        return out
+
+    def try_embed_images(self, images: list[str]) -> tuple[np.ndarray, dict[int, Any]]:
+        from ticor.errors import InputError
+
+        out = np.zeros((len(images), self.dim), np.float32)
+        errors: dict[int, Any] = {}
+        good, pixels = [], []
+        for i, p in enumerate(images):
+            try:
+                pixels.append(load_image(p, self.m.image_spec))
+                good.append(i)
+            except (OSError, ValueError) as exc:
+                kind = "missing" if isinstance(exc, FileNotFoundError) else "decode_error"
+                errors[i] = InputError(kind, f"{p}: {exc}")
+        for s in range(0, len(good), 32):
+            out[good[s : s + 32]] = self.image_fn(np.stack(pixels[s : s + 32]))
+        return out, errors
+
+    def head(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.head_fn(a[s : s + 4096], b[s : s + 4096]) for s in range(0, len(a), 4096)])
 
 
 # ----------------------------------------------------------------------------- variants
@@ -83,7 +126,7 @@ def ort_variant(bundle: Path, threads: int, provider: str = "cpu") -> Variant:
         size_bytes=m0.manifest.size_bytes,
         cold_cmd=[sys.executable, "-c", code, str(bundle)], set_threads=set_threads,
         note=", ".join(f"{p} {n}" for p, n in (quant.branches.items() if quant else ())),
-        extra={"bundle": str(bundle), "providers": m0.providers["text"]})
+        extra={"bundle": str(bundle), "providers": m0.providers["text"]}, embedder=lambda: state["m"])
 
 
 _HWM = ("from ticor.benchmarks._common import peak_rss_mb; "

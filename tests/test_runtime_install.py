@@ -1,7 +1,10 @@
-"""The runtime install (`ticor[cpu]`) must not pull torch, transformers or the build side."""
+"""The runtime install (`ticor[cpu]`, with the small `plot` extra) must not pull torch,
+transformers or the build side, and benchmarks and evaluates bundles on its own."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import venv
@@ -9,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import FIXTURE_DATA, REPO
+from tests.test_eval import assert_same_numbers, grouped_test_split
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +26,7 @@ def runtime_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", f"{REPO}[cpu]"],
+        [str(python), "-m", "pip", "install", "--quiet", f"{REPO}[cpu,plot]"],
         check=True, capture_output=True, text=True,
     )
     return env_dir
@@ -34,7 +38,7 @@ def test_runtime_install_has_no_torch_or_build_packages(runtime_env: Path) -> No
         [str(python), "-m", "pip", "list", "--format=freeze"], check=True, capture_output=True, text=True
     ).stdout
     names = {line.split("==")[0].lower() for line in listed.splitlines() if "==" in line}
-    assert {"ticor", "numpy", "pillow", "tokenizers", "onnxruntime"} <= names
+    assert {"ticor", "numpy", "pillow", "tokenizers", "onnxruntime", "matplotlib"} <= names
     assert not names & FORBIDDEN, names & FORBIDDEN
 
 
@@ -84,8 +88,6 @@ def test_every_extra_combination_resolves_to_exactly_one_onnxruntime(
          "--report", str(report), f"{REPO}[{extras}]"],
         check=True, capture_output=True, text=True,
     )
-    import json
-
     names = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
     builds = sorted(n for n in names if n.startswith("onnxruntime"))
     assert builds == [runtime_build]
@@ -131,3 +133,71 @@ print(sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "transformer
                          cwd="/", check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def _runtime_cache(tmp_path: Path) -> dict[str, str]:
+    """An environment whose cache holds only the fetched sources and photographs (no dataset, no
+    training run): what a runtime-only user has after `ticor data fetch`, or less."""
+    from ticor.paths import cache_dir
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("downloads", "sources", "photos"):
+        if (cache_dir() / name).is_dir():
+            (cache / name).symlink_to(cache_dir() / name)
+    return dict(os.environ, TICOR_CACHE=str(cache))
+
+
+def test_runtime_only_bench_eval_and_compare(runtime_env: Path, fp32_bundle: Path, tmp_path: Path) -> None:
+    """`ticor bench --quick` and `ticor eval` without the build side; `--compare` on the two runs."""
+    from ticor.benchmarks.report import SCHEMA_VERSION, check_results
+
+    exe = str(runtime_env / "bin" / "ticor")
+    env = _runtime_cache(tmp_path)
+    a, b = tmp_path / "run-a", tmp_path / "run-b"
+    r = subprocess.run([exe, "bench", "--quick", "--bundle", str(fp32_bundle), "--out", str(a), "--runs", "3",
+                        "--quiet"], capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("quality: not measured") and "torch is not installed" in r.stdout
+    res = json.loads((a / "results.json").read_text())
+    assert res["schema_version"] == SCHEMA_VERSION and check_results(res) == []
+    assert set(res["variants"]) == {"ort-fp32"} and "generated" in res["settings"]["inputs"]
+    assert "stored in the bundle" in res["quality"]["ort-fp32"]["note"]
+    assert res["machine"]["torch"] is None and res["machine"]["bundles"][0]["precision"] == "fp32"
+    for key in ("cpu", "cores", "memory_gb", "os", "onnxruntime", "onnxruntime_build", "providers", "threads"):
+        assert res["machine"].get(key), key
+    assert res["limit"]["flops"]["8"]["image"] > 0 and res["limit"]["matmul_peak"]["2"]["int8_gops"] > 0
+    assert 0 <= res["limit"]["kernels"]["ort-fp32"]["text"]["integer_share"] <= 1
+    assert (a / "report.md").read_text().startswith("# ticor bench (quick)\n\nNot run in this run, and why:")
+    for png in ("latency-vs-f1.png", "latency-by-batch.png", "throughput-vs-batch.png"):
+        assert (a / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # quality from the user's own labelled pairs: the numbers `ticor eval` gives for the same file
+    pairs = str(REPO / "examples" / "sample-pairs.csv")
+    r = subprocess.run([exe, "bench", "--quick", "--bundle", str(fp32_bundle), "--eval", pairs, "--out", str(b),
+                        "--runs", "3", "--quiet"], capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    ev = subprocess.run([exe, "eval", pairs, "--bundle", str(fp32_bundle), "--json", "-", "--quiet", "--no-cache"],
+                        capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert ev.returncode == 0, ev.stderr
+    measured = json.loads((b / "results.json").read_text())["quality"]["ort-fp32"]
+    assert_same_numbers(json.loads(ev.stdout)["metrics"], measured)
+
+    # the bundle's stored test metrics, reproduced from a labelled file in the runtime-only install
+    test_file = grouped_test_split(FIXTURE_DATA, tmp_path / "test.jsonl")
+    ev = subprocess.run([exe, "eval", str(test_file), "--bundle", str(fp32_bundle), "--image-root", str(FIXTURE_DATA),
+                         "--json", "-", "--quiet", "--no-cache"], capture_output=True, text=True, cwd="/", env=env,
+                        check=False)
+    assert ev.returncode == 0, ev.stderr
+    assert_same_numbers(json.loads((fp32_bundle / "manifest.json").read_text())["metrics"]["test"],
+                        json.loads(ev.stdout)["metrics"])
+
+    cmp = subprocess.run([exe, "bench", "--compare", str(a), str(b / "results.json"), "--out", str(tmp_path / "cmp")],
+                         capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert cmp.returncode == 0, cmp.stderr
+    assert "| figure | A | B |" in cmp.stdout and "ort-fp32: fresh pair p50 ms" in cmp.stdout
+    assert "x) |" in cmp.stdout and "different inputs" in cmp.stdout
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([exe, "bench", "--compare", str(a), str(tmp_path)], capture_output=True, text=True,
+                         cwd="/", env=env, check=False)
+    assert bad.returncode == 2 and "no results.json" in bad.stderr
