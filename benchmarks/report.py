@@ -76,7 +76,7 @@ def report(r: dict[str, Any]) -> str:
     photos = [(n, e) for n, e in r["end_to_end"].items() if "fresh_pair_12mp_jpeg" in e]
     if photos:
         L += ["## Camera photos (fresh pair, batch 1, p50 ms)", "",
-              "| variant | 128 px dataset PNG | 12 MP JPEG | ~4K PNG | 12 MP / 128 px |", "|---|---|---|---|---|"]
+              "| variant | fresh pair (the inputs) | 12 MP JPEG | ~4K PNG | 12 MP / inputs |", "|---|---|---|---|---|"]
         for n, e in photos:
             small, jpeg, png = (e.get(k, {}).get("p50_ms") for k in ("fresh_pair", "fresh_pair_12mp_jpeg",
                                                                      "fresh_pair_4k_png"))

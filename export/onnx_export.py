@@ -38,12 +38,15 @@ from ticor.bundle import (
     Architecture,
     DataRecord,
     Manifest,
+    OperatingCurve,
+    ScoreCalibration,
     TrainingRecord,
     read_manifest,
     write_bundle,
 )
+from ticor.calibration import expected_calibration_error, fit_platt, logit, operating_curve, platt, reliability
 from ticor.errors import BundleError, ExportValidationError, UsageError
-from ticor.evaluation import Dataset, load_dataset, split_scores
+from ticor.evaluation import Dataset, load_dataset, pair_scores, split_scores
 from ticor.metrics import evaluate
 from ticor.preprocess import ImageSpec, TextSpec, encode_texts, load_image, load_tokenizer
 from ticor.sessions import plain_cpu_session
@@ -114,30 +117,56 @@ def validate(model: MatchModel, folder: Path, ds: Dataset, tokenizer_path: Path)
             "batch_sizes": sorted({1, 3, len(picked), len(images)})}
 
 
-def onnx_split_scores(folder: Path, ds: Dataset, split: str, text_spec: TextSpec, image_spec: ImageSpec,
-                      tokenizer_path: Path, with_rank: bool) -> tuple[np.ndarray, Any]:
-    """Pair scores (and the ranking matrix) of a split computed with the bundle's graphs."""
+def onnx_split_embeddings(folder: Path, ds: Dataset, split: str, text_spec: TextSpec, image_spec: ImageSpec,
+                          tokenizer_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of a split's texts and pictures (``ds.split_texts``/``split_images`` order)
+    computed with the bundle's text and image graphs."""
     tok = load_tokenizer(tokenizer_path, text_spec)
-    sess = _sessions(folder)
+    text = plain_cpu_session(folder / GRAPH_IO["text"].file)
+    image = plain_cpu_session(folder / GRAPH_IO["image"].file)
     texts = ds.split_texts(split)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     rows: dict[int, np.ndarray] = {}
     for s in range(0, len(order), 64):
         idx = order[s : s + 64]
         ids, mask = encode_texts(tok, [texts[i] for i in idx], text_spec)
-        out = sess["text"].run([TEXT_OUTPUT], {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask})[0]
+        out = text.run([TEXT_OUTPUT], {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask})[0]
         rows.update(zip(idx, out))
     tv = np.stack([rows[i] for i in range(len(texts))])
     images = ds.split_images(split)
     iv = np.concatenate([
-        sess["image"].run([IMAGE_OUTPUT], {IMAGE_INPUT: np.stack(
+        image.run([IMAGE_OUTPUT], {IMAGE_INPUT: np.stack(
             [load_image(ds.root / p, image_spec) for p in images[s : s + 64]])})[0]
         for s in range(0, len(images), 64)])
+    return tv, iv
 
-    def head(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return sess["head"].run([HEAD_OUTPUT], {HEAD_INPUTS[0]: a, HEAD_INPUTS[1]: b})[0]
 
-    return split_scores(ds, split, tv, iv, head, with_rank=with_rank)
+def fit_calibration(model: MatchModel, ds: Dataset, emb: dict[str, tuple[np.ndarray, np.ndarray]],
+                    raw_threshold: float) -> tuple[ScoreCalibration, float]:
+    """Platt scaling of the head's logit on the val split (set on ``model.head``), its record,
+    and the training threshold mapped through it (the same decisions)."""
+    logits, labels = {}, {}
+    for split, (tv, iv) in emb.items():
+        with torch.no_grad():
+            logits[split] = pair_scores(lambda a, b: model.head.logit(torch.from_numpy(a), torch.from_numpy(b))
+                                        .numpy(), ds.pairs[split], ds.split_texts(split), tv,
+                                        ds.split_images(split), iv).astype(np.float64)
+        labels[split] = np.array([r["label"] for r in ds.pairs[split]])
+    a, b = fit_platt(logits["val"], labels["val"])
+    method, note = "platt", ""
+    if not a > 0:  # a head that ranks val's matches below its non-matches: no monotonic map calibrates it
+        method, note = "none", (f"Platt scaling on val gave a decreasing map (a = {a:.3g}): the head does not rank "
+                                "matches above non-matches there, so scores are left as they are")
+        a, b = 1.0, 0.0
+    model.head.calibrate(a, b)
+    ece = {split: {"before": expected_calibration_error(platt(z, 1.0, 0.0), labels[split]),
+                   "after": expected_calibration_error(platt(z, a, b), labels[split])}
+           for split, z in logits.items()}
+    record = ScoreCalibration(
+        method=method, a=a, b=b, fitted_on="val", pairs=len(labels["val"]),
+        base_rate=float(labels["val"].mean()), ece=ece,
+        reliability={split: reliability(platt(z, a, b), labels[split]) for split, z in logits.items()}, note=note)
+    return record, float(platt(np.array([logit(raw_threshold)]), a, b)[0])
 
 
 def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -> Path:
@@ -153,8 +182,8 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
     if not force and (out / MANIFEST).is_file():
         try:
             m = read_manifest(out)
-            if m.trained_sha256 == trained_sha and (m.text_spec, m.image_spec) == (preset.text_spec,
-                                                                                    preset.image_spec):
+            if m.trained_sha256 == trained_sha and (m.text_spec, m.image_spec) == (
+                    preset.text_spec, preset.image_spec) and m.score_calibration is not None:
                 say(quiet, f"ticor export: {out} is up to date")
                 return out
         except BundleError as exc:
@@ -176,16 +205,30 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
         size = preset.image_spec.size
         _export(model.text, (ids, mask), work, "text")
         _export(model.image, (torch.zeros(2, 3, size, size),), work, "image")
-        emb = torch.nn.functional.normalize(torch.ones(2, preset.embed_dim), dim=-1)
-        _export(model.head, (emb, emb), work, "head")
         shutil.copyfile(backbones.tokenizer, work / TOKENIZER)
+        say(quiet, "ticor export: embedding the val and test splits with the exported graphs")
+        args = (preset.text_spec, preset.image_spec, work / TOKENIZER)
+        emb = {split: onnx_split_embeddings(work, ds, split, *args) for split in ("val", "test")}
+        calibration, threshold = fit_calibration(model, ds, emb, float(log["threshold"]))
+        if calibration.note:
+            say(quiet, f"ticor export: not calibrated: {calibration.note}")
+        else:
+            say(quiet, f"ticor export: calibrated on val (Platt: a = {calibration.a:.3f}, b = {calibration.b:.3f}; "
+                       f"expected calibration error on test {calibration.ece['test']['before']:.3f} -> "
+                       f"{calibration.ece['test']['after']:.3f}; threshold {float(log['threshold']):.4f} -> "
+                       f"{threshold:.4f}, the same decisions)")
+        emb_in = torch.nn.functional.normalize(torch.ones(2, preset.embed_dim), dim=-1)
+        _export(model.head, (emb_in, emb_in), work, "head")
         say(quiet, "ticor export: validating every graph against torch on real inputs")
         validation = validate(model, work, ds, work / TOKENIZER)
-        say(quiet, "ticor export: scoring the val and test splits with the exported graphs")
-        args = (preset.text_spec, preset.image_spec, work / TOKENIZER)
-        val_scores, _ = onnx_split_scores(work, ds, "val", *args, with_rank=False)
-        test_scores, rank = onnx_split_scores(work, ds, "test", *args, with_rank=True)
-        threshold = float(log["threshold"])
+        head = plain_cpu_session(work / GRAPH_IO["head"].file)
+
+        def head_fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return head.run([HEAD_OUTPUT], {HEAD_INPUTS[0]: a, HEAD_INPUTS[1]: b})[0]
+
+        val_scores, _ = split_scores(ds, "val", *emb["val"], head_fn)
+        test_scores, rank = split_scores(ds, "test", *emb["test"], head_fn, with_rank=True)
+        val_y = np.array([r["label"] for r in ds.pairs["val"]])
         bert = model.text.bert.config
         manifest = Manifest(
             preset=preset.name, description=preset.description, precision="fp32",
@@ -193,7 +236,7 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
             created_by=f"ticor {__version__}, torch {torch.__version__}",
             files={}, graphs={part: GRAPH_IO[part] for part in BRANCHES}, embedding_dim=preset.embed_dim,
             text_spec=preset.text_spec, image_spec=preset.image_spec, threshold=threshold,
-            threshold_source=log["threshold_source"], tokenizer=TOKENIZER,
+            threshold_source=f"{log['threshold_source']}, mapped through the calibration", tokenizer=TOKENIZER,
             architecture=Architecture(text_layers=bert.num_hidden_layers, text_hidden_size=bert.hidden_size,
                                       text_num_heads=bert.num_attention_heads, image_encoder="mobilenet_v2"),
             dataset=DataRecord(log["dataset"]["dataset_sha256"], log["dataset"]["pairs"]),
@@ -203,6 +246,8 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
                      "test": evaluate(ds.pairs["test"], test_scores, threshold, rank)},
             training=TrainingRecord(log["steps"], log["epochs"], log["seconds"], log["config"],
                                     log["baseline_test"]),
+            score_calibration=calibration,
+            operating_curve=OperatingCurve("val", tuple(operating_curve(val_scores, val_y))),
             export_seconds=round(time.monotonic() - t0, 1))
         write_bundle(work, out, manifest)
     finally:

@@ -38,10 +38,12 @@ from ticor.bundle import (
     TEXT_INPUTS,
     Gate,
     Manifest,
+    OperatingCurve,
     Quantization,
     read_manifest,
     write_bundle,
 )
+from ticor.calibration import operating_curve
 from ticor.errors import BundleError, GateError, UsageError
 from ticor.evaluation import Dataset, load_dataset, split_scores
 from ticor.metrics import at_threshold, evaluate, roc_auc
@@ -159,7 +161,8 @@ def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibrat
         try:
             done = read_manifest(out)
             q = done.quantization
-            if q is not None and q.source_model_version == m.model_version and q.asked == {
+            # the same fp32 files (a re-export of the same training changes them), recipe asked and preprocessing
+            if q is not None and q.source_files == m.files and q.asked == {
                     "text": text, "image": image} and (done.text_spec, done.image_spec) == (m.text_spec, m.image_spec):
                 say(quiet, f"ticor quantize: {out} is up to date")
                 return done
@@ -319,6 +322,8 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
         created_by=f"ticor {__version__} quantize", threshold=chosen["threshold"],
         threshold_source="the fp32 bundle's share of positive decisions on the val split, re-fitted after quantization",
         metrics={"test": evaluate(ds.pairs["test"], test_scores, chosen["threshold"], rank)}, validation=None,
+        operating_curve=OperatingCurve("val", tuple(operating_curve(emb_cache.scores(chosen_graphs, "val")[0],
+                                                                    ys["val"]))),
         quantization=Quantization(
             source_model_version=m.model_version, source_files=m.files, asked=asked, branches=chosen["graphs"],
             recipe=recipe, calibration=calib_info, chosen=chosen["variant"], table=table, gate=gate,

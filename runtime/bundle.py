@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ticor._files import sha256_file
+from ticor.calibration import OperatingCurve, OperatingPoint, ScoreCalibration, choose_threshold
 from ticor.errors import BundleError
 from ticor.preprocess import ImageSpec, TextSpec
 
@@ -249,6 +250,8 @@ class Manifest:
     metrics: dict[str, Metrics] = field(default_factory=dict)  # split -> metrics
     training: TrainingRecord | None = None
     quantization: Quantization | None = None
+    score_calibration: ScoreCalibration | None = None
+    operating_curve: OperatingCurve | None = None
     export_seconds: float | None = None
     root: Path = field(default=Path(), compare=False)
 
@@ -259,6 +262,15 @@ class Manifest:
     @property
     def size_bytes(self) -> int:
         return sum(f.bytes for f in self.files.values())
+
+    def operating_point(self, threshold: float | None = None, min_precision: float | None = None,
+                        min_recall: float | None = None) -> OperatingPoint:
+        """The threshold for ``threshold=``, ``min_precision=`` or ``min_recall=`` (at most one;
+        none: the bundle's), chosen on the stored operating curve. Raises :class:`UsageError`."""
+        curve = self.operating_curve
+        return choose_threshold(self.threshold, list(curve.points) if curve else None,
+                                curve.split if curve else "val", threshold=threshold, min_precision=min_precision,
+                                min_recall=min_recall)
 
     @property
     def trained_sha256(self) -> str | None:
@@ -288,6 +300,7 @@ class Manifest:
         }
         optional = {"architecture": self.architecture, "data": self.dataset, "source": self.source,
                     "validation": self.validation, "training": self.training, "quantization": self.quantization,
+                    "score_calibration": self.score_calibration, "operating_curve": self.operating_curve,
                     "export_seconds": self.export_seconds}
         for key, value in optional.items():
             if value is not None:
@@ -318,7 +331,9 @@ class Manifest:
                 base_weights=tuple(d.get("base_weights", ())), source=d.get("source"),
                 validation=d.get("validation"), metrics=dict(d.get("metrics", {})),
                 training=opt("training", TrainingRecord), quantization=opt("quantization", Quantization),
-                export_seconds=d.get("export_seconds"), root=Path(root))
+                score_calibration=opt("score_calibration", ScoreCalibration),
+                operating_curve=opt("operating_curve", OperatingCurve), export_seconds=d.get("export_seconds"),
+                root=Path(root))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
 

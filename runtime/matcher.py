@@ -36,6 +36,7 @@ from ticor.bundle import (
     check_session_io,
     read_manifest,
 )
+from ticor.calibration import OperatingPoint
 from ticor.embcache import DEFAULT_MAX_BYTES, EmbeddingCache, content_key
 from ticor.errors import BundleError, InputError, UsageError
 from ticor.inputs import ImageInput, clean_text, decode, is_image_bytes, open_image, picture_pixels, read_source
@@ -62,7 +63,8 @@ class Matcher:
     """A loaded bundle. Create with :meth:`load`."""
 
     def __init__(self, manifest: Manifest, sessions: dict[str, Any], config: SessionConfig,
-                 cache: EmbeddingCache | None, decode_threads: int = 1) -> None:
+                 cache: EmbeddingCache | None, decode_threads: int = 1,
+                 operating_point: OperatingPoint | None = None) -> None:
         self.manifest = manifest
         self._sessions = sessions
         self.config = config
@@ -74,7 +76,9 @@ class Matcher:
         self._text_spec = manifest.text_spec
         self._image_spec = manifest.image_spec
         self.dim = manifest.embedding_dim
-        self.threshold = manifest.threshold
+        #: How ``threshold`` was chosen (``threshold=``, ``min_precision=``, ``min_recall=`` or the bundle's).
+        self.operating_point = operating_point or OperatingPoint(manifest.threshold, "the bundle's threshold")
+        self.threshold = self.operating_point.threshold
         files = manifest.files
         specs = {"text": repr(sorted(manifest.text_spec.to_json().items())),
                  "image": repr(sorted(manifest.image_spec.to_json().items()))}
@@ -88,7 +92,8 @@ class Matcher:
              threads: int | None = None, inter_op_threads: int | None = None, optimization: str = "all",
              memory_arena: bool = True, optimized_cache: bool | str | os.PathLike = False,
              cache: bool | str | os.PathLike = False, cache_max_bytes: int = DEFAULT_MAX_BYTES,
-             decode_threads: int | None = None) -> Matcher:
+             decode_threads: int | None = None, threshold: float | None = None,
+             min_precision: float | None = None, min_recall: float | None = None) -> Matcher:
         """Verify and load ``bundle`` (default: :func:`default_bundle`).
 
         providers: ``"auto"`` (default; ``TICOR_PROVIDER`` if set), ``"cpu"``, ``"cuda"``,
@@ -99,6 +104,11 @@ class Matcher:
         cache: persistent embedding cache (``True``: ``CACHE/embeddings.sqlite``, or a file path).
         decode_threads: pictures of one batch decoded and prepared in parallel (Pillow releases
             the GIL while it decodes and resizes); default :data:`DECODE_THREADS`, 1 for none.
+        threshold, min_precision, min_recall: the operating point (at most one): a threshold on
+            the score, or the lowest threshold whose precision on the bundle's val split reaches
+            ``min_precision``, or the highest whose recall reaches ``min_recall`` (from the
+            bundle's stored curve). Default: the bundle's threshold. :attr:`operating_point` says
+            which threshold it gave and why.
         """
         if decode_threads is None:
             decode_threads = DECODE_THREADS
@@ -110,6 +120,7 @@ class Matcher:
             raise BundleError(f"{root}: no such bundle directory{hint}")
         m = read_manifest(root, verify=True)
         check_declared_io(m)
+        point = m.operating_point(threshold=threshold, min_precision=min_precision, min_recall=min_recall)
         names, chosen_by = resolve_providers(providers if providers is None or isinstance(providers, str)
                                              else list(providers), m.precision)
         opt_dir = None
@@ -127,7 +138,7 @@ class Matcher:
         store = None
         if cache:
             store = EmbeddingCache(embeddings_db() if cache is True else Path(cache), cache_max_bytes)
-        return cls(m, sessions, config, store, decode_threads)
+        return cls(m, sessions, config, store, decode_threads, point)
 
     @property
     def providers(self) -> dict[str, list[str]]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ticor.calibration import expected_calibration_error, reliability
 from ticor.errors import InputError, UsageError
 from ticor.evaluation import norm_text
 from ticor.inputs import clean_text
@@ -316,11 +317,28 @@ def eval_report(matcher: Matcher, pf: PairFile, scored: Scored, thresholds: Sequ
     }
     if not scored.pairs:
         return report
-    report["metrics"] = metrics_at(scored, m.threshold, pf.slice_cols)
-    points = [{"name": "bundle threshold", "threshold": m.threshold, **report["metrics"]["overall"]}]
+    threshold = matcher.threshold
+    report["threshold"] = {"value": threshold, "how": matcher.operating_point.how}
+    report["metrics"] = metrics_at(scored, threshold, pf.slice_cols)
+    sc = m.score_calibration
+    report["calibration"] = {"ece": expected_calibration_error(scored.scores, labels),
+                             "base_rate": float(labels.mean()), "mean_score": float(scored.scores.mean()),
+                             "reliability": reliability(scored.scores, labels),
+                             "bundle": ({"method": sc.method, "fitted_on": sc.fitted_on, "base_rate": sc.base_rate}
+                                        if sc and sc.method != "none" else None)}
+    points = [{"name": matcher.operating_point.how, "threshold": threshold, **report["metrics"]["overall"]}]
+    auc = report["metrics"]["overall"]["roc_auc"]
     for t in thresholds:
-        points.append({"name": "asked", "threshold": float(t), **at_threshold(labels, scored.scores, float(t)),
-                       "roc_auc": report["metrics"]["overall"]["roc_auc"]})
+        points.append({"name": "also at", "threshold": float(t), **at_threshold(labels, scored.scores, float(t)),
+                       "roc_auc": auc})
+    if m.operating_curve is not None:  # the bundle's own operating points at 90% precision and 90% recall
+        for key in ("min_precision", "min_recall"):
+            try:
+                op = m.operating_point(**{key: 0.9})
+            except UsageError:
+                continue
+            points.append({"name": f"bundle's {op.how}", "threshold": op.threshold,
+                           **at_threshold(labels, scored.scores, op.threshold), "roc_auc": auc})
     if 0 < labels.sum() < len(labels):
         t = best_threshold(labels, scored.scores)
         points.append({"name": "F1-best on this file (fitted here: optimistic)", "threshold": t,
@@ -347,7 +365,9 @@ def format_report(r: dict[str, Any]) -> str:
     b = r["bundle"]
     lines = [f"ticor eval: {r['file']}: {r['rows']} rows, {r['scored']} scored ({r['positives']} matching), "
              f"{r['excluded']['count']} excluded",
-             f"bundle {b['model_version']} ({b['precision']}), threshold {b['threshold']:.4f}"]
+             f"bundle {b['model_version']} ({b['precision']})"]
+    if r.get("threshold"):
+        lines.append(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['how']})")
     if r["excluded"]["count"]:
         lines.append("excluded: " + ", ".join(f"{k} {v}" for k, v in r["excluded"]["by_status"].items())
                      + "; first: " + r["excluded"]["rows"][0]["error"])
@@ -378,56 +398,14 @@ def format_report(r: dict[str, Any]) -> str:
                      f"@10 {ret['recall@10']:.3f}  ({ret['texts']} captions × {ret['images']} pictures)")
     else:
         lines.append(f"caption→picture recall@k: {r['retrieval_note']}")
+    cal = r.get("calibration")
+    if cal:
+        fitted = (f"the bundle's scores are calibrated on its {cal['bundle']['fitted_on']} split (base rate "
+                  f"{cal['bundle']['base_rate']:.2f})" if cal["bundle"] else "the bundle's scores are not calibrated")
+        lines.append(f"calibration here: expected calibration error {cal['ece']:.3f}; mean score "
+                     f"{cal['mean_score']:.3f} vs match rate {cal['base_rate']:.3f}; {fitted}")
     lines.append("operating points:")
     for p in r["operating_points"]:
         lines.append(f"  threshold {p['threshold']:.4f}  precision {p['precision']:.3f}  recall {p['recall']:.3f}  "
                      f"F1 {p['f1']:.3f}  ({p['name']})")
     return "\n".join(lines) + "\n"
-
-
-def plot_report(scored: Scored, r: dict[str, Any], out: Path) -> list[Path]:
-    """``pr-curve.png`` and ``score-histogram.png`` (the plot extra: matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    labels = np.array([p.label for p in scored.pairs]).astype(bool)
-    s = scored.scores
-    order = np.argsort(-s, kind="mergesort")
-    tp = np.cumsum(labels[order])
-    fp = np.cumsum(~labels[order])
-    precision = tp / np.maximum(tp + fp, 1)
-    recall = tp / max(int(labels.sum()), 1)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(recall, precision, linewidth=1.2)
-    for p in r["operating_points"]:
-        ax.scatter([p["recall"]], [p["precision"]], s=20, zorder=3)
-        ax.annotate(f"{p['threshold']:.3g}", (p["recall"], p["precision"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
-    ax.axhline(labels.mean(), color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1.01)
-    ax.set_ylim(0, 1.01)
-    ax.set_title(f"precision/recall, {len(s)} pairs (dashed: base rate)", fontsize=9)
-    fig.tight_layout()
-    pr = out / "pr-curve.png"
-    fig.savefig(pr, dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    bins = [i / 40 for i in range(41)]
-    ax.hist(s[labels], bins=bins, alpha=0.6, label=f"matching ({int(labels.sum())})")
-    ax.hist(s[~labels], bins=bins, alpha=0.6, label=f"not matching ({int((~labels).sum())})")
-    ax.axvline(r["bundle"]["threshold"], color="black", linewidth=1, label="bundle threshold")
-    ax.set_yscale("log")
-    ax.set_xlabel("score")
-    ax.set_ylabel("pairs (log)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    hist = out / "score-histogram.png"
-    fig.savefig(hist, dpi=120)
-    plt.close(fig)
-    return [pr, hist]
-

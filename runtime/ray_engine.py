@@ -98,10 +98,10 @@ def _prepare_batch(batch: dict[str, np.ndarray], image_spec: ImageSpec) -> dict[
 class _ScoreActor:
     """One Matcher per actor, loaded (and sha256-verified) inside the worker."""
 
-    def __init__(self, bundle: str, provider: str | None, threads: int) -> None:
+    def __init__(self, bundle: str, provider: str | None, threads: int, threshold: float | None = None) -> None:
         from ticor.matcher import Matcher
 
-        self.m = Matcher.load(bundle, providers=provider, threads=threads, inter_op_threads=1)
+        self.m = Matcher.load(bundle, providers=provider, threads=threads, inter_op_threads=1, threshold=threshold)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["id"])
@@ -120,7 +120,7 @@ class _ScoreActor:
 
 
 def build_pipeline(ds: Any, bundle: str | Path, *, actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0,
-                   batch_size: int = 64, provider: str | None = None) -> Any:
+                   batch_size: int = 64, provider: str | None = None, threshold: float | None = None) -> Any:
     """Decoding tasks then the actor pool, over a Dataset with ``id``, ``index``, ``text``, ``image``,
     ``status`` and ``error`` columns (``status`` empty for rows still to score)."""
     ray = _ray()
@@ -130,21 +130,23 @@ def build_pipeline(ds: Any, bundle: str | Path, *, actors: int = 1, cpus_per_act
     prepared = ds.map_batches(_prepare_batch, fn_kwargs={"image_spec": spec}, batch_size=batch_size,
                               batch_format="numpy", num_cpus=DECODE_CPUS)
     return prepared.map_batches(
-        _ScoreActor, fn_constructor_kwargs={"bundle": str(bundle), "provider": provider, "threads": cpus_per_actor},
+        _ScoreActor, fn_constructor_kwargs={"bundle": str(bundle), "provider": provider, "threads": cpus_per_actor,
+                                          "threshold": threshold},
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
         batch_size=batch_size, batch_format="numpy")
 
 
 def score_dataset(ds: Any, bundle: str | Path, *, text_col: str = "text", image_col: str = "image",
                   id_col: str = "id", actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0,
-                  batch_size: int = 64, provider: str | None = None) -> Any:
+                  batch_size: int = 64, provider: str | None = None, threshold: float | None = None) -> Any:
     """Score a Ray Dataset you already have (columns ``id``, ``text``, ``image`` path; names can be
     mapped). Returns a lazy Dataset with ``id``, ``score``, ``match``, ``status``, ``error``,
     ``flags`` (``index`` is -1: row order is yours); write it wherever you like."""
     normalised = ds.map_batches(_normalise, fn_kwargs={"text_col": text_col, "image_col": image_col,
                                                        "id_col": id_col}, batch_format="numpy")
     return build_pipeline(normalised, bundle, actors=actors, cpus_per_actor=cpus_per_actor,
-                          gpus_per_actor=gpus_per_actor, batch_size=batch_size, provider=provider)
+                          gpus_per_actor=gpus_per_actor, batch_size=batch_size, provider=provider,
+                          threshold=threshold)
 
 
 def _stage(input_path: str, cols: Columns, image_root: Path | None, staging: Path, skip_ids: set[str],
@@ -211,14 +213,15 @@ def read_parts(parts: Path) -> list[dict[str, Any]]:
 
 def score_with_ray(input_path: str, out: Path, bundle: Path, cols: Columns, image_root: Path | None,
                    address: str | None = None, actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0,
-                   batch_size: int = 64, provider: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+                   batch_size: int = 64, provider: str | None = None, overwrite: bool = False,
+                   threshold: float | None = None) -> dict[str, Any]:
     """Score ``input_path`` into the file ``out`` on Ray (resumable); returns a summary."""
     ray = _ray()
     fmt = output_format(str(out))
     if input_path == "-":
         raise UsageError("--engine ray reads a file, not stdin")
     parts = _parts_dir(out)
-    ident = run_identity(input_path, cols, image_root, read_manifest(bundle))
+    ident = run_identity(input_path, cols, image_root, read_manifest(bundle), threshold)
     open_parts(parts, out, ident, overwrite)
     done = _done_ids(parts)
     t0 = time.monotonic()
@@ -239,7 +242,7 @@ def score_with_ray(input_path: str, out: Path, bundle: Path, cols: Columns, imag
             ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
             scored = build_pipeline(ray.data.read_parquet(str(staging)), bundle, actors=actors,
                                     cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                                    batch_size=batch_size, provider=provider)
+                                    batch_size=batch_size, provider=provider, threshold=threshold)
             scored.write_parquet(str(parts))  # part names carry Ray's per-write uuid: a rerun never overwrites one
     finally:
         shutil.rmtree(staging, ignore_errors=True)

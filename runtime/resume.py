@@ -23,8 +23,11 @@ STATE = "state.json"
 STATE_VERSION = 1
 
 
-def run_identity(input_path: str, cols: Columns, image_root: Path | None, manifest: Manifest) -> dict[str, Any]:
-    return {
+def run_identity(input_path: str, cols: Columns, image_root: Path | None, manifest: Manifest,
+                 threshold: float | None = None) -> dict[str, Any]:
+    """What a resumable run was started from; a threshold other than the bundle's is part of it
+    (the ``match`` column depends on it)."""
+    ident = {
         "version": STATE_VERSION,
         "input": str(Path(input_path).resolve()),
         "input_sha256": sha256_file(Path(input_path)),
@@ -33,6 +36,9 @@ def run_identity(input_path: str, cols: Columns, image_root: Path | None, manife
         "bundle_model_version": manifest.model_version,
         "bundle_files": {k: v.sha256 for k, v in manifest.files.items()},
     }
+    if threshold is not None and threshold != manifest.threshold:
+        ident["threshold"] = threshold
+    return ident
 
 
 def check_resumable(folder: Path, ident: dict[str, Any], what: str) -> None:

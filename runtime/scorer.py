@@ -137,7 +137,7 @@ def score_file(matcher: Matcher, input_path: str, out: Path | None, cols: Column
         if input_path == "-":
             raise UsageError("reading stdin, write to stdout (no -o): a stream cannot be resumed")
         parts = _parts_dir(out)
-        ident = run_identity(input_path, cols, image_root, matcher.manifest)
+        ident = run_identity(input_path, cols, image_root, matcher.manifest, matcher.threshold)
         out.parent.mkdir(parents=True, exist_ok=True)
         if open_parts(parts, out, ident, overwrite):
             shards = _shards(parts)

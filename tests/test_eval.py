@@ -62,7 +62,7 @@ def test_bad_rows_are_reported_and_excluded_never_a_crash(fp32_bundle: Path, tmp
               f"bad-3,a cat,{good},maybe,en,x", f"bad-4,,{good},1,,"]
     f = tmp_path / "pairs.csv"
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    r = ticor("eval", str(f), "--bundle", str(fp32_bundle), "--slice-col", "family", "--threshold", "0.5",
+    r = ticor("eval", str(f), "--bundle", str(fp32_bundle), "--slice-col", "family", "--also-at", "0.5",
               "--json", str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots"), "--quiet")
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["rows"] == 16 and rep["scored"] == 12
@@ -70,10 +70,12 @@ def test_bad_rows_are_reported_and_excluded_never_a_crash(fp32_bundle: Path, tmp
     assert sorted(e["id"] for e in rep["excluded"]["rows"]) == ["bad-1", "bad-2", "bad-3", "bad-4"]
     assert set(rep["metrics"]["by_slice"]["family"]) == {r["family"] for r in rows}
     assert sum(b["n"] for b in rep["metrics"]["by_slice"]["family"].values()) == 12
-    assert [p["name"].split(" ")[0] for p in rep["operating_points"]][:2] == ["bundle", "asked"]
+    assert [p["name"] for p in rep["operating_points"]][:2] == ["the bundle's threshold", "also at"]
+    assert any(p["name"].startswith("bundle's min_recall=0.9 on val") for p in rep["operating_points"])
     assert rep["operating_points"][1]["threshold"] == 0.5
     assert "4 excluded" in r.stdout and "family=" in r.stdout and "recall@1" in r.stdout
-    for png in ("pr-curve.png", "score-histogram.png"):
+    assert 0 <= rep["calibration"]["ece"] <= 1 and rep["calibration"]["bundle"]["fitted_on"] == "val"
+    for png in ("pr-curve.png", "score-histogram.png", "reliability.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -144,13 +144,22 @@ class FusionHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
+        # Platt scaling of the logit, fitted on the val split at export (identity while training;
+        # not part of the trained state)
+        self.register_buffer("calib_a", torch.tensor(1.0), persistent=False)
+        self.register_buffer("calib_b", torch.tensor(0.0), persistent=False)
 
     def logit(self, text_embedding: torch.Tensor, image_embedding: torch.Tensor) -> torch.Tensor:
+        """The trained head's logit, before calibration."""
         cos = (text_embedding * image_embedding).sum(-1)
         return self.scale * cos + self.bias + self.mlp(text_embedding * image_embedding).squeeze(-1)
 
+    def calibrate(self, a: float, b: float) -> None:
+        self.calib_a.fill_(a)
+        self.calib_b.fill_(b)
+
     def forward(self, text_embedding: torch.Tensor, image_embedding: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logit(text_embedding, image_embedding))
+        return torch.sigmoid(self.calib_a * self.logit(text_embedding, image_embedding) + self.calib_b)
 
 
 class MatchModel(nn.Module):

@@ -14,6 +14,13 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not use the embedding cache (CACHE/embeddings.sqlite)")
     p.add_argument("--decode-threads", type=int, help="pictures decoded in parallel per batch (default: up to 4, "
                                                       "one per core)")
+    point = p.add_mutually_exclusive_group()
+    point.add_argument("--threshold", type=float, help="match when the score is at least this (default: the "
+                                                       "bundle's threshold)")
+    point.add_argument("--min-precision", type=float, help="the lowest threshold with at least this precision on "
+                                                           "the bundle's val split (the most recall at it)")
+    point.add_argument("--min-recall", type=float, help="the highest threshold with at least this recall on the "
+                                                        "bundle's val split (the most precision at it)")
 
 
 def load_matcher(args: argparse.Namespace) -> Any:
@@ -23,4 +30,14 @@ def load_matcher(args: argparse.Namespace) -> Any:
 
     require_onnxruntime()
     return Matcher.load(args.bundle, providers=args.provider, threads=args.threads, cache=not args.no_cache,
-                        decode_threads=args.decode_threads)
+                        decode_threads=args.decode_threads, threshold=args.threshold, min_precision=args.min_precision,
+                        min_recall=args.min_recall)
+
+
+def operating_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"threshold": args.threshold, "min_precision": args.min_precision, "min_recall": args.min_recall}
+
+
+def threshold_line(command: str, point: Any) -> str:
+    """``ticor score: threshold 0.5123 (the bundle's threshold)``: said on stderr before any row."""
+    return f"ticor {command}: threshold {point.threshold:.4f} ({point.how})"

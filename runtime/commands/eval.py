@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
                                                          "for recall@k (default group, if present)")
     ev.add_argument("--text-group-col", default="text_group", help="the caption's own group(s) for recall@k "
                                                                    "(default text_group, if present)")
-    ev.add_argument("--threshold", type=float, action="append", default=[],
+    ev.add_argument("--also-at", type=float, action="append", default=[], metavar="THRESHOLD",
                     help="also report at this threshold (repeatable)")
     ev.add_argument("--no-rank", action="store_true", help="skip caption→picture recall@k")
     ev.add_argument("--json", help="write the full report as JSON here (- for stdout instead of the table)")
@@ -44,12 +44,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ticor._console import say
     from ticor._deps import require_modules
-    from ticor.pair_eval import eval_report, format_report, plot_report, read_labelled, score_labelled
+    from ticor.eval_plots import plot_report
+    from ticor.pair_eval import eval_report, format_report, read_labelled, score_labelled
     from ticor.tables import Columns
 
-    for t in args.threshold:
+    for t in args.also_at:
         if not 0.0 <= t <= 1.0:
-            raise UsageError(f"--threshold {t}: a threshold is a score between 0 and 1")
+            raise UsageError(f"--also-at {t}: a threshold is a score between 0 and 1")
     if args.plots:
         require_modules("ticor eval --plots", ["matplotlib"], line=PLOT_LINE)
     cols = Columns(text=args.text_col, image=args.image_col, id=args.id_col)
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         say(args.quiet, f"ticor eval: {len(pf.pairs)} pairs ({len(pf.excluded)} excluded while reading), "
                         f"{len({p.text for p in pf.pairs})} captions, {len({p.image for p in pf.pairs})} pictures")
         scored = score_labelled(m, pf, with_rank=not args.no_rank)
-        report = eval_report(m, pf, scored, args.threshold)
+        report = eval_report(m, pf, scored, args.also_at)
     finally:
         m.close()
     if args.plots and scored.pairs:

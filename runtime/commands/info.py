@@ -79,6 +79,29 @@ def describe(m: Manifest, verified: bool) -> str:
         if m.training is not None and m.training.baseline_test:
             rows.append(("article baseline (frozen concat)", m.training.baseline_test))
         lines += ["", "test split metrics (threshold from val)", table(rows)]
+    c = m.score_calibration
+    if c is not None and c.note:
+        lines += ["", f"calibration none: {c.note}"]
+    elif c is not None:
+        lines += ["", f"calibration {c.method} on {c.fitted_on} ({c.pairs} pairs, base rate {c.base_rate:.2f}): "
+                      f"score = sigmoid({c.a:.3f} * logit + {c.b:.3f}), in the head graph; expected calibration error "
+                  + ", ".join(f"{s} {e['before']:.3f} -> {e['after']:.3f}" for s, e in c.ece.items())]
+    else:
+        lines += ["", "calibration none (scores are the head's raw output; re-export with this version to calibrate)"]
+    if m.operating_curve is not None:
+        lines += ["", f"operating points ({m.operating_curve.split}; `--threshold`, `--min-precision`, "
+                      "`--min-recall` choose one)",
+                  f"  {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'flagged':>7}"]
+        pts = list(m.operating_curve.points)
+        def nearest(t: float) -> float:
+            return float(min(pts, key=lambda p: abs(p["threshold"] - t))["threshold"])
+
+        picks = {nearest(t) for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, m.threshold)}
+        for p in pts:
+            if p["threshold"] in picks:
+                mark = "  <- the bundle's threshold" if p["threshold"] == nearest(m.threshold) else ""
+                lines.append(f"  {p['threshold']:9.4f} {p['precision']:9.3f} {p['recall']:7.3f} {p['f1']:6.3f} "
+                             f"{p['flagged']:7.1%}{mark}")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ticor.commands._runtime import add_runtime_options, load_matcher
+from ticor.commands._runtime import add_runtime_options, load_matcher, threshold_line
 from ticor.errors import UsageError
 
 
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         cands = [t for t in Path(args.texts).read_text(encoding="utf-8", errors="replace").splitlines() if t.strip()]
         query = Path(args.image)
     m = load_matcher(args)
+    print(threshold_line("rank", m.operating_point), file=sys.stderr)
     try:
         r = m.rank(query, cands, k=args.k)
     finally:

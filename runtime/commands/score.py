@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ticor.commands._runtime import add_runtime_options, load_matcher
+from ticor.commands._runtime import add_runtime_options, load_matcher, operating_options, threshold_line
 from ticor.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 
 
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ticor.scorer import score_file
 
     m = load_matcher(args)
+    print(threshold_line("score", m.operating_point), file=sys.stderr)
     try:
         s = score_file(m, args.input, output, cols, image_root, batch_size=args.batch_size,
                        shard_rows=args.shard_rows, max_failures=args.max_failures, overwrite=args.overwrite)
@@ -83,11 +84,18 @@ def _run_ray(args: argparse.Namespace, cols: Any, output: Path | None, image_roo
         raise UsageError("--engine ray reads a file, not stdin")
     check_header(args.input, input_format(args.input), cols)
     check_unique_ids(args.input, cols)
+    from ticor.bundle import read_manifest
+
+    bundle = Path(args.bundle) if args.bundle else bundle_dir()
+    if not bundle.is_dir():
+        raise UsageError(f"{bundle}: no such bundle directory")
+    point = read_manifest(bundle).operating_point(**operating_options(args))
+    print(threshold_line("score", point), file=sys.stderr)
     try:
-        s = score_with_ray(args.input, output, Path(args.bundle) if args.bundle else bundle_dir(), cols, image_root,
+        s = score_with_ray(args.input, output, bundle, cols, image_root,
                            address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                            gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, provider=args.provider,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, threshold=point.threshold)
     except KeyboardInterrupt:
         print("ticor score: interrupted; written parts are kept, run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
