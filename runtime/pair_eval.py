@@ -37,7 +37,7 @@ import numpy as np
 
 from ticor.calibration import expected_calibration_error, reliability
 from ticor.errors import InputError, UsageError
-from ticor.evaluation import norm_text
+from ticor.evaluation import norm_text, rank_matrix
 from ticor.inputs import clean_text
 from ticor.metrics import at_threshold, best_threshold, evaluate, roc_auc
 from ticor.tables import Columns, check_header, input_format, read_rows
@@ -266,13 +266,7 @@ def score_labelled(matcher: Matcher | Embedder, pf: PairFile, with_rank: bool = 
             note = (f"not computed: {len(ranked)} captions × {len(good_images)} pictures is more than "
                     f"{max_rank_pairs:,} head calls")
         else:
-            matrix = np.empty((len(ranked), len(good_images)), np.float32)
-            sel = tv[ranked]
-            step = max(1, 65536 // len(good_images))
-            for s in range(0, len(sel), step):
-                t = sel[s : s + step]
-                matrix[s : s + len(t)] = matcher.head(np.repeat(t, len(iv), axis=0),
-                                                      np.tile(iv, (len(t), 1))).reshape(len(t), len(iv))
+            matrix = rank_matrix(matcher.head, tv[ranked], iv, chunk=max(1, 65536 // len(good_images)))
             rank = (matrix, [truth[i] for i in ranked])
     return Scored(kept, scores, excluded, rank, note, texts, good_images)
 
