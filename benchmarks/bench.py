@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ticor._console import say
+from ticor._deps import BUILD_LINE
 from ticor.benchmarks.inputs import BenchInputs, from_dataset, from_pair_file, generated, stored_quality
 from ticor.benchmarks.measure import (
     graph_flops,
@@ -66,8 +67,6 @@ from ticor.paths import bundle_dir, cache_path, dataset_dir, run_dir
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
 
 __all__ = ["SCHEMA_VERSION", "check_results", "headline", "report", "run_bench", "run_from_args"]
-
-BUILD_LINE = "pip install 'ticor[cpu,build]'"
 
 
 def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path | None, quick: bool = False,
@@ -233,8 +232,8 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
         quality: dict[str, Any] = {}
         ref = next((v for v in variants if v.name.startswith("ort-fp32")), None)
         if inputs.labelled is None:
-            for v, m in zip([v for v in variants if v.kind == "pipeline" and v.name.startswith("ort")], manifests):
-                q = stored_quality(m)
+            for v in variants:
+                q = stored_quality(v.embedder().manifest) if v.embedder else None  # each bundle row, any provider
                 if q is not None:
                     quality[v.name] = q
         else:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ticor._deps import PLOT_LINE
 from ticor.errors import UsageError
 from ticor.paths import cache_path
 
@@ -172,6 +173,6 @@ def compare_main(paths: list[str], out: Path | None) -> int:
     (out / "compare.md").write_text("# ticor bench --compare\n\n" + text, encoding="utf-8")
     plot = plot_compare(runs, rows, out)
     print(text, end="")
-    print(f"written: {out / 'compare.md'}" + (f", {plot}" if plot else " (no plot: pip install 'ticor[plot]')"))
+    print(f"written: {out / 'compare.md'}" + (f", {plot}" if plot else f" (no plot: {PLOT_LINE})"))
     return 0
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ticor._deps import PLOT_LINE
 from ticor.metrics import table
 
 #: results.json schema: 2 adds ``settings.inputs``/``quality_pairs``, ``limit.kernels`` and the fuller
@@ -175,7 +176,7 @@ def plots(r: dict[str, Any], out: Path) -> str | None:
     try:
         import matplotlib
     except ImportError:
-        return "not drawn: matplotlib is not installed (pip install 'ticor[plot]')"
+        return f"not drawn: matplotlib is not installed ({PLOT_LINE})"
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

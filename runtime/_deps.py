@@ -12,6 +12,7 @@ from ticor.errors import MissingDependencyError
 CPU_LINE = "pip install 'ticor[cpu]'"
 GPU_LINE = "pip install 'ticor[gpu]'"
 BUILD_LINE = "pip install 'ticor[cpu,build]'"
+PLOT_LINE = "pip install 'ticor[plot]'"
 
 # Distributions that ship the `onnxruntime` import package.
 ONNXRUNTIME_DISTRIBUTIONS = (

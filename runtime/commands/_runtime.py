@@ -30,8 +30,7 @@ def load_matcher(args: argparse.Namespace) -> Any:
 
     require_onnxruntime()
     return Matcher.load(args.bundle, providers=args.provider, threads=args.threads, cache=not args.no_cache,
-                        decode_threads=args.decode_threads, threshold=args.threshold, min_precision=args.min_precision,
-                        min_recall=args.min_recall)
+                        decode_threads=args.decode_threads, **operating_options(args))
 
 
 def operating_options(args: argparse.Namespace) -> dict[str, Any]:

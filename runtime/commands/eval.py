@@ -12,8 +12,6 @@ from typing import Any
 from ticor.commands._runtime import add_runtime_options, load_matcher
 from ticor.errors import EXIT_OK, UsageError
 
-PLOT_LINE = "pip install 'ticor[plot]'"
-
 
 def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="metrics of a bundle on your own labelled pairs (CSV/TSV/JSONL/Parquet)")
@@ -36,14 +34,15 @@ def register(sub: Any) -> None:
                     help="also report at this threshold (repeatable)")
     ev.add_argument("--no-rank", action="store_true", help="skip caption→picture recall@k")
     ev.add_argument("--json", help="write the full report as JSON here (- for stdout instead of the table)")
-    ev.add_argument("--plots", help="write pr-curve.png and score-histogram.png into this folder (plot extra)")
+    ev.add_argument("--plots", help="write pr-curve.png, score-histogram.png and reliability.png into this folder "
+                                     "(plot extra)")
     ev.add_argument("--quiet", action="store_true", help="no progress on stderr")
     ev.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ticor._console import say
-    from ticor._deps import require_modules
+    from ticor._deps import PLOT_LINE, require_modules
     from ticor.eval_plots import plot_report
     from ticor.pair_eval import eval_report, format_report, read_labelled, score_labelled
     from ticor.tables import Columns

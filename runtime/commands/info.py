@@ -96,10 +96,11 @@ def describe(m: Manifest, verified: bool) -> str:
         def nearest(t: float) -> float:
             return float(min(pts, key=lambda p: abs(p["threshold"] - t))["threshold"])
 
-        picks = {nearest(t) for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, m.threshold)}
+        here = nearest(m.threshold)
+        picks = {here} | {nearest(t) for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)}
         for p in pts:
             if p["threshold"] in picks:
-                mark = "  <- the bundle's threshold" if p["threshold"] == nearest(m.threshold) else ""
+                mark = "  <- the bundle's threshold" if p["threshold"] == here else ""
                 lines.append(f"  {p['threshold']:9.4f} {p['precision']:9.3f} {p['recall']:7.3f} {p['f1']:6.3f} "
                              f"{p['flagged']:7.1%}{mark}")
     return "\n".join(lines)
