@@ -47,8 +47,9 @@ from ticor.bundle import (
 from ticor.calibration import expected_calibration_error, fit_platt, logit, operating_curve, platt, reliability
 from ticor.errors import BundleError, ExportValidationError, UsageError
 from ticor.evaluation import Dataset, load_dataset, pair_scores, split_scores
+from ticor.export.vocab import covered_chars, heldout_check, slice_embeddings, trim_unigram
 from ticor.metrics import evaluate
-from ticor.preprocess import ImageSpec, TextSpec, encode_texts, load_image, load_tokenizer
+from ticor.preprocess import ImageSpec, TextSpec, Vocabulary, encode_texts, load_image, load_tokenizer
 from ticor.sessions import plain_cpu_session
 from ticor.training.checkpoint import load_trained
 from ticor.training.model import PRESETS, MatchModel, load_backbones
@@ -169,6 +170,59 @@ def fit_calibration(model: MatchModel, ds: Dataset, emb: dict[str, tuple[np.ndar
     return record, float(platt(np.array([logit(raw_threshold)]), a, b)[0])
 
 
+def _vocabulary(model: MatchModel, source: Path, dest: Path, ds: Dataset, quiet: bool) -> Vocabulary:
+    """Write the bundle's ``tokenizer.json`` (trimmed to the preset's scripts, the embedding rows
+    sliced to match) and its record, with the held-out corpus check and the dataset's own texts."""
+    from tokenizers import Tokenizer
+
+    from ticor.dataset.corpus import CORPORA, heldout_texts
+
+    preset = model.preset
+    raw = json.loads(source.read_text(encoding="utf-8"))
+    if not preset.vocabulary:
+        shutil.copyfile(source, dest)
+        model_json = raw["model"]
+        unk = model_json.get("unk_id")
+        if unk is None:  # WordPiece and BPE name their unknown token
+            unk = Tokenizer.from_file(str(source)).token_to_id(model_json.get("unk_token") or "")
+        return Vocabulary(model_json["type"], len(model_json["vocab"]), -1 if unk is None else int(unk),
+                          covered_chars(raw))
+    trim = trim_unigram(raw, preset.vocabulary)
+    dest.write_text(trim.dumps(), encoding="utf-8")
+    original, trimmed = Tokenizer.from_file(str(source)), Tokenizer.from_file(str(dest))
+    full_tok, trim_tok = load_tokenizer(source, preset.text_spec), load_tokenizer(dest, preset.text_spec)
+
+    def embed(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Both branches' embeddings, with the untrimmed model: the trimmed ids mapped back
+        select the very rows the sliced table holds."""
+        us, ts = [], []
+        for s in range(0, len(texts), 64):
+            a_ids, a_mask = encode_texts(full_tok, texts[s : s + 64], preset.text_spec)
+            b_ids, b_mask = encode_texts(trim_tok, texts[s : s + 64], preset.text_spec)
+            with torch.no_grad():
+                us.append(model.text(torch.from_numpy(a_ids), torch.from_numpy(a_mask)).numpy())
+                ts.append(model.text(torch.from_numpy(trim.kept[b_ids]), torch.from_numpy(b_mask)).numpy())
+        return np.concatenate(us), np.concatenate(ts)
+
+    say(quiet, f"ticor export: trimming the vocabulary to {', '.join(preset.vocabulary)}: "
+               f"{trim.original_pieces:,} -> {trim.pieces:,} pieces; checking it on held-out text")
+    heldout = heldout_check(original, trimmed, trim, heldout_texts(), embed)
+    heldout["corpus"] = {lang: CORPORA[lang].spec for lang in heldout["texts"]}
+    own = heldout_check(original, trimmed, trim, {"dataset": ds.texts()}, embed)
+    slice_embeddings(model.text.bert, trim.kept)
+    idn, cos = heldout["identical"], heldout["cosine_of_differing"]
+    say(quiet, "ticor export: held-out text tokenized identically: " + ", ".join(
+        f"{lang} {v:.2%} of {heldout['texts'][lang]:,}" for lang, v in idn.items())
+        + (f"; cosine of the others to the untrimmed branch >= {cos['min']:.4f}" if cos["min"] is not None else "")
+        + f"; the dataset's own texts: {own['identical']['dataset']:.2%} of {own['texts']['dataset']:,}")
+    return Vocabulary(
+        "Unigram", trim.pieces, int(trim.tokenizer["model"]["unk_id"]), covered_chars(trim.tokenizer),
+        trim={"scripts": list(trim.scripts), "original_pieces": trim.original_pieces,
+              "original_sha256": sha256_file(source), "method": "pieces made only of the kept scripts' characters"},
+        heldout={**heldout, "dataset_texts": {k: own[k] for k in ("texts", "identical", "differ",
+                                                                  "cosine_of_differing", "examples")}})
+
+
 def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -> Path:
     """Write (or reuse) the fp32 bundle for a finished training run."""
     log_path, trained_path = run_dir / LOG_FILE, run_dir / TRAINED_FILE
@@ -183,7 +237,8 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
         try:
             m = read_manifest(out)
             if m.trained_sha256 == trained_sha and (m.text_spec, m.image_spec) == (
-                    preset.text_spec, preset.image_spec) and m.score_calibration is not None:
+                    preset.text_spec, preset.image_spec) and m.score_calibration is not None and (
+                    m.vocabulary is not None and m.vocabulary.scripts == preset.vocabulary):
                 say(quiet, f"ticor export: {out} is up to date")
                 return out
         except BundleError as exc:
@@ -199,13 +254,13 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
+        vocabulary = _vocabulary(model, backbones.tokenizer, work / TOKENIZER, ds, quiet)
         say(quiet, f"ticor export: writing ONNX graphs (opset {OPSET}) into {work}")
         ids = torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]])
         mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
         size = preset.image_spec.size
         _export(model.text, (ids, mask), work, "text")
         _export(model.image, (torch.zeros(2, 3, size, size),), work, "image")
-        shutil.copyfile(backbones.tokenizer, work / TOKENIZER)
         say(quiet, "ticor export: embedding the val and test splits with the exported graphs")
         args = (preset.text_spec, preset.image_spec, work / TOKENIZER)
         emb = {split: onnx_split_embeddings(work, ds, split, *args) for split in ("val", "test")}
@@ -248,7 +303,7 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
                                     log["baseline_test"]),
             score_calibration=calibration,
             operating_curve=OperatingCurve("val", tuple(operating_curve(val_scores, val_y))),
-            export_seconds=round(time.monotonic() - t0, 1))
+            vocabulary=vocabulary, export_seconds=round(time.monotonic() - t0, 1))
         write_bundle(work, out, manifest)
     finally:
         if work.exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,6 +51,8 @@ class OnnxRuntimeStatus:
 
 
 def _installed(names: Iterable[str]) -> tuple[str, ...]:
+    import importlib.metadata  # here: 30 ms that `import ticor` need not pay
+
     found = []
     for name in names:
         try:

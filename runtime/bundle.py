@@ -25,7 +25,7 @@ from typing import Any
 from ticor._files import sha256_file
 from ticor.calibration import OperatingCurve, OperatingPoint, ScoreCalibration, choose_threshold
 from ticor.errors import BundleError
-from ticor.preprocess import ImageSpec, TextSpec
+from ticor.preprocess import ImageSpec, TextSpec, Vocabulary
 
 SCHEMA_VERSION = 1
 FORMAT = "ticor-bundle"
@@ -252,6 +252,7 @@ class Manifest:
     quantization: Quantization | None = None
     score_calibration: ScoreCalibration | None = None
     operating_curve: OperatingCurve | None = None
+    vocabulary: Vocabulary | None = None
     export_seconds: float | None = None
     root: Path = field(default=Path(), compare=False)
 
@@ -301,7 +302,7 @@ class Manifest:
         optional = {"architecture": self.architecture, "data": self.dataset, "source": self.source,
                     "validation": self.validation, "training": self.training, "quantization": self.quantization,
                     "score_calibration": self.score_calibration, "operating_curve": self.operating_curve,
-                    "export_seconds": self.export_seconds}
+                    "vocabulary": self.vocabulary, "export_seconds": self.export_seconds}
         for key, value in optional.items():
             if value is not None:
                 d[key] = value.to_json() if hasattr(value, "to_json") else value
@@ -332,7 +333,8 @@ class Manifest:
                 validation=d.get("validation"), metrics=dict(d.get("metrics", {})),
                 training=opt("training", TrainingRecord), quantization=opt("quantization", Quantization),
                 score_calibration=opt("score_calibration", ScoreCalibration),
-                operating_curve=opt("operating_curve", OperatingCurve), export_seconds=d.get("export_seconds"),
+                operating_curve=opt("operating_curve", OperatingCurve), vocabulary=opt("vocabulary", Vocabulary),
+                export_seconds=d.get("export_seconds"),
                 root=Path(root))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None

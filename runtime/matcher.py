@@ -41,7 +41,7 @@ from ticor.embcache import DEFAULT_MAX_BYTES, EmbeddingCache, content_key
 from ticor.errors import BundleError, InputError, UsageError
 from ticor.inputs import ImageInput, clean_text, decode, is_image_bytes, open_image, picture_pixels, read_source
 from ticor.paths import bundle_dir, cache_path, embeddings_db
-from ticor.preprocess import encode_texts, load_tokenizer
+from ticor.preprocess import UnknownChars, encode_texts, load_tokenizer
 from ticor.results import Match, PreparedBatch, PreparedImages, Ranked, Ranking
 from ticor.sessions import SessionConfig, create_session, resolve_providers, session_io, threads_from_env
 
@@ -73,6 +73,8 @@ class Matcher:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._tok = load_tokenizer(manifest.tokenizer_path, manifest.text_spec)
+        vocab = manifest.vocabulary
+        self._unknown = UnknownChars(self._tok, vocab.unk_id, vocab.covered) if vocab is not None else None
         self._text_spec = manifest.text_spec
         self._image_spec = manifest.image_spec
         self.dim = manifest.embedding_dim
@@ -339,12 +341,18 @@ class Matcher:
             try:
                 c = clean_text(pair[0])
                 texts.append(c.text)
-                flags.append(c.flags)
+                flags.append(c.flags + self.text_flags(c.text))
             except InputError as exc:
                 texts.append(None)
                 flags.append(())
                 errors[i] = exc
         return PreparedBatch(texts, flags, errors, self._prepare_images([p[1] for p in pairs]))
+
+    def text_flags(self, text: str) -> tuple[str, ...]:
+        """What the tokenizer makes of a cleaned text worth saying: ``unknown_chars:<share>``
+        when characters of it can only become the unknown token (a script the bundle's
+        vocabulary does not keep). The pair is scored all the same."""
+        return self._unknown.flags(text) if self._unknown is not None else ()
 
     def finish(self, batch: PreparedBatch) -> list[Match]:
         """Run the graphs for a batch from :meth:`prepare`: one :class:`Match` per pair, in order."""

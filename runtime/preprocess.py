@@ -178,6 +178,41 @@ class TextSpec:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """The text branch's vocabulary: its pieces and, for a trimmed one, what was kept of which.
+
+    ``covered`` holds the characters that are pieces on their own, so never unknown; the runtime
+    tokenizes a text for its unknown-character count only when it has others. ``trim`` (absent:
+    the original vocabulary): the kept ``scripts``, ``original_pieces`` and the sha256 of the
+    original ``tokenizer.json``. ``heldout``: the export's check on a held-out corpus.
+    """
+
+    model: str  # the tokenizer's model type: Unigram, WordPiece
+    pieces: int
+    unk_id: int
+    covered: str
+    trim: dict[str, Any] | None = None
+    heldout: dict[str, Any] | None = None
+
+    @property
+    def scripts(self) -> tuple[str, ...]:
+        """The scripts a trimmed vocabulary keeps (empty: untrimmed)."""
+        return tuple((self.trim or {}).get("scripts", ()))
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"model": self.model, "pieces": self.pieces, "unk_id": self.unk_id, "covered": self.covered}
+        for key in ("trim", "heldout"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Vocabulary:
+        return cls(str(d["model"]), int(d["pieces"]), int(d["unk_id"]), str(d["covered"]), d.get("trim"),
+                   d.get("heldout"))
+
+
 def load_tokenizer(path: Path | str, spec: TextSpec) -> Any:
     """A ``tokenizers.Tokenizer`` with the spec's truncation and padding switched on."""
     from tokenizers import Tokenizer
@@ -202,3 +237,33 @@ def encode_texts(tokenizer: Any, texts: list[str], spec: TextSpec) -> tuple[np.n
     ids = np.array([e.ids for e in encs], dtype=np.int64).reshape(len(texts), -1)
     mask = np.array([e.attention_mask for e in encs], dtype=np.int64).reshape(len(texts), -1)
     return ids, mask
+
+
+class UnknownChars:
+    """The share of a text's characters that its tokenizer can only map to the unknown token
+    (text in a script a trimmed vocabulary does not keep, or characters no vocabulary has).
+
+    ``covered`` (from the bundle's vocabulary record) holds the characters that are pieces on
+    their own: a text made only of them and of whitespace has none, and is not tokenized here.
+    Others are tokenized and the characters under unknown tokens counted, over the part of the
+    text the tokenizer reads (it truncates like the graph's input)."""
+
+    def __init__(self, tokenizer: Any, unk_id: int, covered: str) -> None:
+        self._tok = tokenizer
+        self._unk = unk_id
+        self._covered = frozenset(covered)
+
+    def share(self, text: str) -> float:
+        if self._covered.issuperset("".join(text.split())):
+            return 0.0
+        enc = self._tok.encode(text, add_special_tokens=False)
+        if not enc.offsets:
+            return 0.0
+        unknown = sum(end - start for i, (start, end) in zip(enc.ids, enc.offsets) if i == self._unk)
+        seen = sum(1 for ch in text[: enc.offsets[-1][1]] if not ch.isspace())
+        return unknown / seen if seen else 0.0
+
+    def flags(self, text: str) -> tuple[str, ...]:
+        """``("unknown_chars:<share>",)`` when some characters became unknown, else ``()``."""
+        share = self.share(text)
+        return (f"unknown_chars:{share:.3g}",) if share > 0 else ()

@@ -114,9 +114,11 @@ class _ScoreActor:
             tv = self.m.embed_texts([str(batch["text"][i]) for i in ok])  # already cleaned: cleaning again is a no-op
             score[ok] = self.m.head(tv, iv)
         match = [bool(score[i] >= self.m.threshold) if batch["status"][i] == "ok" else None for i in range(n)]
+        flags = [",".join(f for f in (str(batch["flags"][i]), *self.m.text_flags(str(batch["text"][i]))) if f)
+                 if i in ok else batch["flags"][i] for i in range(n)]
         return {"id": batch["id"], "index": batch["index"],
                 "score": [float(score[i]) if batch["status"][i] == "ok" else None for i in range(n)],
-                "match": match, "status": batch["status"], "error": batch["error"], "flags": batch["flags"]}
+                "match": match, "status": batch["status"], "error": batch["error"], "flags": flags}
 
 
 def build_pipeline(ds: Any, bundle: str | Path, *, actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0,

@@ -17,7 +17,7 @@ class Match:
     match: bool | None
     status: str = "ok"
     error: str | None = None
-    flags: tuple[str, ...] = ()  # about the text: "empty", "cut", "replaced"
+    flags: tuple[str, ...] = ()  # about the text: "empty", "cut", "replaced", "unknown_chars:<share>"
 
 
 @dataclass(frozen=True)

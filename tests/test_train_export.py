@@ -175,6 +175,10 @@ def test_validation_reports_value_drift_with_the_largest_difference(bundle: Path
     model = MatchModel(preset, bb.bert, bb.cnn)
     load_trained(model, run_dir / "trained.safetensors")
     model.eval()
+    from ticor.export.vocab import slice_embeddings, trim_unigram
+
+    trim = trim_unigram(json.loads(Path(bb.tokenizer).read_text(encoding="utf-8")), preset.vocabulary)
+    slice_embeddings(model.text.bert, trim.kept)  # as the export does: the bundle's vocabulary is trimmed
     ds = load_dataset(FIXTURE_DATA)
     validate(model, bundle, ds, bundle / "tokenizer.json")  # the untouched model agrees
     with torch.no_grad():
@@ -212,3 +216,10 @@ def test_en_small_preset_trains_and_exports(tmp_path: Path) -> None:
     assert d["preset"] == "en-small" and d["text"]["spec"]["pad_token"] == "[PAD]"
     assert d["files"]["text.onnx"]["bytes"] < 120e6  # MiniLM: no 250k-token embedding table
     assert max(d["validation"]["max_abs_diff"].values()) <= d["validation"]["atol"]
+    v = d["vocabulary"]  # not trimmed: English only, and a 30k WordPiece vocabulary already
+    assert v["model"] == "WordPiece" and "trim" not in v and v["unk_id"] == 100 and v["pieces"] == 30522
+    from ticor.matcher import Matcher
+
+    picture = next((FIXTURE_DATA / "images").glob("*/*.png"))
+    r = Matcher.load(out).score_batch([("a red apple", picture), ("☃ snowman", picture)])
+    assert r[0].flags == () and r[1].flags == ("unknown_chars:0.125",) and r[0].status == r[1].status == "ok"

@@ -36,6 +36,9 @@ class Preset:
     image_spec: ImageSpec
     embed_dim: int = 256
     head_hidden: int = 64
+    #: Scripts the exported text branch's vocabulary keeps (``ticor.export.vocab``; empty: all of it).
+    #: Applied at export only: training sees the whole vocabulary.
+    vocabulary: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {
@@ -49,6 +52,7 @@ PRESETS: dict[str, Preset] = {
             text_trainable_layers=4,
             image_trainable_blocks=5,
             image_spec=ImageSpec(size=128),
+            vocabulary=("ascii", "latin-1", "pinyin", "cjk", "punctuation-symbols", "emoji"),
         ),
         Preset(
             name="en-small",

@@ -65,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
         from ticor.dataset.photos import photo_paths
 
         photos = photo_paths(cache)  # camera-photo tests and benchmarks (never training)
-        _log(f"sources ready in {cache} ({len(photos)} real photographs for the picture-path tests)")
+        from ticor.dataset.corpus import heldout_texts
+
+        corpus = heldout_texts(cache)  # the export's check of a trimmed vocabulary (never training)
+        _log(f"sources ready in {cache} ({len(photos)} real photographs for the picture-path tests; held-out "
+             "text for the vocabulary check: " + ", ".join(f"{len(v):,} {k}" for k, v in corpus.items()) + ")")
         return 0
     if args.data_command == "summary":
         path = Path(args.dataset) / "manifest.json"

@@ -67,6 +67,19 @@ def describe(m: Manifest, verified: bool) -> str:
          f"EXIF transpose {im.exif_transpose}"),
         f"            mean {tuple(im.mean)} std {tuple(im.std)}",
     ]
+    v = m.vocabulary
+    if v is not None and v.trim:
+        lines.append(f"vocabulary  {v.model}, {v.pieces:,} pieces: trimmed from {v.trim['original_pieces']:,} to "
+                     f"the scripts {', '.join(v.scripts)} (original tokenizer {v.trim['original_sha256'][:16]}…); "
+                     "characters of other scripts become unknown and are flagged")
+        h = v.heldout or {}
+        if h.get("identical"):
+            cos = h["cosine_of_differing"]
+            lines.append("            held-out text tokenized identically: " + ", ".join(
+                f"{lang} {share:.2%} of {h['texts'][lang]:,}" for lang, share in h["identical"].items())
+                + (f"; the others' cosine to the untrimmed branch >= {cos['min']:.4f}" if cos.get("min") else ""))
+    elif v is not None:
+        lines.append(f"vocabulary  {v.model}, {v.pieces:,} pieces (not trimmed)")
     if m.dataset is not None:
         lines += ["", f"trained on  dataset {m.dataset.dataset_sha256[:16]}… pairs "
                       + ", ".join(f"{k} {v}" for k, v in m.dataset.pairs.items())]
