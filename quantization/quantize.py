@@ -53,6 +53,8 @@ from ticor.sessions import plain_cpu_session
 
 MAX_F1_DROP = 0.005  # absolute F1 (0.5 points)
 MIN_AGREEMENT = 0.99
+#: Bumped when a recipe changes what it writes: an int8 bundle made by another version is rebuilt.
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibrat
             q = done.quantization
             # the same fp32 files (a re-export of the same training changes them), recipe asked and preprocessing
             if q is not None and q.source_files == m.files and q.asked == {
-                    "text": text, "image": image} and (done.text_spec, done.image_spec) == (m.text_spec, m.image_spec):
+                    "text": text, "image": image} and (done.text_spec, done.image_spec) == (m.text_spec, m.image_spec) \
+                    and q.recipe.get("version") == RECIPE_VERSION:
                 say(quiet, f"ticor quantize: {out} is up to date")
                 return done
         except BundleError as exc:
@@ -193,13 +196,14 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
         for part in BRANCHES:
             to_fp16(work / f"{part}.fp32.onnx", work / f"{part}.fp16.onnx")
             graphs.append(Graph(part, "fp16", f"{part}.fp16.onnx"))
-        return graphs, {"all": "float16 weights and compute; float32 inputs and outputs kept at the boundary"}, None
+        return graphs, {"version": RECIPE_VERSION,
+                        "all": "float16 weights and compute; float32 inputs and outputs kept at the boundary"}, None
     arch = m.architecture
     if arch is None:
         raise UsageError(f"{src} was exported before bundles recorded their architecture; export it again")
     say(quiet, "ticor quantize: text branch -> fused, then int8 two ways (dynamic; weights only)")
-    quantize_text(work / "text.fp32.onnx", {r: work / f"text.{r}.onnx" for r in TEXT_RECIPES},
-                  arch.text_num_heads, arch.text_hidden_size)
+    lookup = quantize_text(work / "text.fp32.onnx", {r: work / f"text.{r}.onnx" for r in TEXT_RECIPES},
+                           arch.text_num_heads, arch.text_hidden_size)
     graphs += [Graph("text", r, f"text.{r}.onnx") for r in TEXT_RECIPES]
     pictures = calibration_override if calibration_override is not None else calibration_set(ds, calibration)
     arrays = [load_image(ds.root / p, m.image_spec) for p in pictures]
@@ -210,11 +214,13 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
     quantize_image(work / "image.fp32.onnx", {x: work / f"image.int8-{x}.onnx" for x in methods}, arrays)
     graphs += [Graph("image", f"int8-{x}", f"image.int8-{x}.onnx") for x in methods]
     recipe = {
+        "version": RECIPE_VERSION,
         "text": {"int8-dynamic": ("onnxruntime BERT fusions without the embedding fusion, then dynamic int8 "
                                   "per-channel (MatMul, Attention, Gather)"),
                  "int8-weights": ("onnxruntime BERT fusions without the embedding fusion, then MatMulNBits "
-                                  "8-bit (blocks of 32, symmetric, accuracy level 4), word-embedding table int8 "
-                                  "with one scale per row, attention fp32")},
+                                  "8-bit (blocks of 32, symmetric, accuracy level 4), "
+                                  f"{lookup['int8-weights']}; attention as MultiHeadAttention, its Q, K, V "
+                                  "projections quantized like the other MatMuls")},
         "image": "quant_pre_process, then static QDQ int8 per-channel weights, uint8 activations",
         "head": "fp32 (70 kB; nothing to gain)",
     }
