@@ -24,6 +24,7 @@ peak, and the fraction of it each variant reaches. Outputs: ``results.json`` (sc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -102,7 +103,10 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
         variants: list[Variant] = []
         for b in bundles:
             for prov in providers or ["cpu"]:
-                variants.append(ort_variant(b, threads[-1], prov))
+                v = ort_variant(b, threads[-1], prov)
+                if any(u.name == v.name for u in variants):  # two bundles of one precision: say which is which
+                    v = dataclasses.replace(v, name=f"{v.name}@{b.parent.name}")
+                variants.append(v)
         have_torch = importlib.util.find_spec("torch") is not None
         if not have_torch:
             skipped["torch-eager-fp32"] = f"not run: torch is not installed (the build side: {BUILD_LINE})"
@@ -135,7 +139,16 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
         say(quiet, f"ticor bench: inputs: {inputs.source}")
 
         # prepared inputs, the same for every variant
-        tok = load_tokenizer(m0.tokenizer_path, m0.text_spec)
+        tokenizers: dict[Path, Any] = {}
+
+        def tok_of(v: Variant | None) -> Any:
+            """The tokenizer whose ids ``v`` takes (its vocabulary may be trimmed, or the pretrained one)."""
+            path = (v.tokenizer if v is not None else None) or m0.tokenizer_path
+            if path not in tokenizers:
+                tokenizers[path] = load_tokenizer(path, m0.text_spec)
+            return tokenizers[path]
+
+        tok = tok_of(None)
         bmax = max(batch_sizes)
         texts, images = inputs.texts, inputs.images
         tsel = (texts * (bmax // max(1, len(texts)) + 1))[:bmax]
@@ -149,7 +162,6 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                 if v.set_threads:
                     v.set_threads(n)
             for bs in batch_sizes:
-                ids, mask = encode_texts(tok, tsel[:bs], m0.text_spec)
                 say(quiet, f"ticor bench: branches, batch {bs}, {n} thread(s)")
                 for part in ("text", "image", "head"):
                     calls = {}
@@ -158,6 +170,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                         if fn is None:
                             continue
                         if part == "text":
+                            ids, mask = encode_texts(tok_of(v), tsel[:bs], m0.text_spec)
                             calls[v.name] = lambda fn=fn, ids=ids, mask=mask: fn(ids, mask)
                         elif part == "image":
                             calls[v.name] = lambda fn=fn, px=pics[:bs]: fn(px)
@@ -244,7 +257,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                     skipped[f"{v.name} quality"] = ("not measured: a text-only engine needs the fp32 bundle's image "
                                                     "branch and head (--bundle the fp32 one too)")
                     continue
-                engine = v.embedder() if v.embedder else CallableEmbedder(v, rest, tok, m0)
+                engine = v.embedder() if v.embedder else CallableEmbedder(v, rest, tok_of(v), m0)
                 scored = score_labelled(engine, inputs.labelled, truth_fn=inputs.truth)
                 quality[v.name] = metrics_at(scored, rest.threshold if rest.threshold is not None else m0.threshold)
                 if scored.excluded:
@@ -273,11 +286,11 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                 if f and st:
                     limit["fraction_of_peak"].setdefault(name, {})[part] = f / (st["p50_ms"] / 1e3) / 1e9 / top
         # which kernels each bundle's graphs run (an onnxruntime profile at the largest batch)
-        ids, mask = encode_texts(tok, tsel[:bmax], m0.text_spec)
         for v in variants:
             bundle = v.extra.get("bundle")
             if not bundle or v.extra.get("providers", ["CPUExecutionProvider"])[0] != "CPUExecutionProvider":
                 continue
+            ids, mask = encode_texts(tok_of(v), tsel[:bmax], m0.text_spec)
             limit["kernels"][v.name] = {
                 "text": kernel_share(profile_nodes(Path(bundle) / GRAPH_FILES["text"],
                                                    {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask}, int(n_top))),

@@ -48,6 +48,9 @@ class Variant:
     set_threads: Callable[[int], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     embedder: Callable[[], Any] | None = None  # the Matcher, for quality exactly as `ticor eval` computes it
+    #: the tokenizer.json whose ids ``text`` takes (a bundle's may be trimmed; torch and Optimum take
+    #: the pretrained one); None: the first bundle's
+    tokenizer: Path | None = None
 
 
 class CallableEmbedder:
@@ -125,6 +128,7 @@ def ort_variant(bundle: Path, threads: int, provider: str = "cpu") -> Variant:
         pair=pair, threshold=m0.threshold, precision=m0.manifest.precision,
         size_bytes=m0.manifest.size_bytes,
         cold_cmd=[sys.executable, "-c", code, str(bundle)], set_threads=set_threads,
+        tokenizer=m0.manifest.tokenizer_path,
         note=", ".join(f"{p} {n}" for p, n in (quant.branches.items() if quant else ())),
         extra={"bundle": str(bundle), "providers": m0.providers["text"]}, embedder=lambda: state["m"])
 
@@ -154,6 +158,7 @@ def torch_variant(run_dir: Path, preset_name: str, threads: int) -> Variant:
         pair=user, threshold=float(log["threshold"]), precision="fp32",
         size_bytes=None,
         cold_cmd=[sys.executable, "-c", code, str(run_dir), preset_name], set_threads=torch.set_num_threads,
+        tokenizer=tokenizer_file,
         note="the trained model in PyTorch; preprocessing with Pillow + torch, transformers' tokenizer")
 
 
@@ -218,7 +223,7 @@ def openvino_variant(fp32_bundle: Path, threads: int) -> Variant:
         image=lambda px: run("image", {IMAGE_INPUT: px}),
         head=lambda a, b: run("head", {HEAD_INPUTS[0]: a, HEAD_INPUTS[1]: b}),
         pair=pair, threshold=m.threshold, precision="fp32",
-        size_bytes=m.size_bytes, set_threads=set_threads,
+        size_bytes=m.size_bytes, set_threads=set_threads, tokenizer=m.tokenizer_path,
         note=f"OpenVINO {ov.__version__} on the fp32 bundle's ONNX graphs")
 
 
@@ -272,6 +277,7 @@ def optimum_variant(run_dir: Path, preset_name: str, work: Path, threads: int, q
     del torch
     return Variant(name="optimum-int8-text", kind="text", text=text, precision="int8",
                    size_bytes=path.stat().st_size, set_threads=lambda n: state.update(s=get(n)),
+                   tokenizer=bb.tokenizer,
                    note="Optimum exporter + ORTQuantizer avx512_vnni (dynamic, per-channel); pooling and "
                         "projection of the trained model after it")
 
