@@ -1,7 +1,7 @@
 """Runtime figures of a bundle: cold start, peak RSS, batch-1 latency against the graphs alone,
 and throughput with cached embeddings.
 
-    python -m ticor.benchmarks.runtime [BUNDLE ...] [--data DIR] [--runs N] [--json FILE]
+    python -m ticor.benchmarks.runtime [BUNDLE ...] [--data DIR] [--runs N] [--json FILE] [--breakdown]
 
 - **Cold start**: a fresh process, from before ``import ticor`` to the first score's result
   (``Matcher.load`` verifies every file's sha256 first), median of ``--runs`` processes; with
@@ -9,6 +9,8 @@ and throughput with cached embeddings.
 - **Batch-1 latency** of a fresh pair (file read + decode + preprocess + tokenize + both
   branches + head, no embedding cache) next to the sum of the three graphs' own latencies on
   the same, already prepared inputs; both interleaved in one loop, medians.
+- ``--breakdown``: where a cold start's time goes, each step timed in a fresh process (the
+  imports, verifying the files, the tokenizer, each session, the first score).
 - **Cached throughput**: pairs/s of ``Matcher.head`` on cached embeddings, and of
   ``score_batch`` end to end when every text and picture is in the embedding cache.
 """
@@ -43,6 +45,52 @@ m.score_batch([(t, p) for t, p in pairs])
 from ticor.benchmarks._common import peak_rss_mb
 print(json.dumps({"cold_s": t1 - t0, "peak_rss_mb": peak_rss_mb()}))
 """
+
+
+#: The cold path in the order ``Matcher.load`` and the first ``score`` walk it, each step timed.
+_BREAKDOWN = """
+import json, sys, time
+t = [("start", time.perf_counter())]
+import numpy
+t.append(("import numpy", time.perf_counter()))
+import PIL.Image
+t.append(("import Pillow", time.perf_counter()))
+import tokenizers
+t.append(("import tokenizers", time.perf_counter()))
+import onnxruntime
+t.append(("import onnxruntime", time.perf_counter()))
+import ticor, ticor.matcher
+t.append(("import ticor", time.perf_counter()))
+from ticor.bundle import read_manifest
+from ticor.preprocess import load_tokenizer
+from ticor.sessions import SessionConfig, create_session
+m = read_manifest(sys.argv[1])
+t.append(("verify every file's sha256, read the manifest", time.perf_counter()))
+load_tokenizer(m.tokenizer_path, m.text_spec)
+t.append(("load the tokenizer", time.perf_counter()))
+config = SessionConfig(providers=("CPUExecutionProvider",))
+for part in ("text", "image", "head"):
+    create_session(m.graph_path(part), m.files[m.graph_path(part).name].sha256, config)
+    t.append((part + " session", time.perf_counter()))
+s = time.perf_counter()
+matcher = ticor.Matcher.load(sys.argv[1], providers="cpu")
+loaded = time.perf_counter() - s
+s = time.perf_counter()
+matcher.score(sys.argv[2], sys.argv[3])
+t.append(("first score (after a second Matcher.load)", t[-1][1] + time.perf_counter() - s))
+print(json.dumps({"steps": [[name, b - a] for (_, a), (name, b) in zip(t, t[1:])], "load_again_s": loaded}))
+"""
+
+
+def cold_breakdown(bundle: Path, data: Path, runs: int) -> dict[str, Any]:
+    """Where a cold start's time goes: each step in a fresh process, median over ``runs``."""
+    t, p = next((r["text"], r["image"]) for r in test_pairs(data, 1))
+    got = [json.loads(subprocess.run([sys.executable, "-c", _BREAKDOWN, str(bundle), t, p], capture_output=True,
+                                     text=True, check=True).stdout) for _ in range(runs)]
+    names = [name for name, _ in got[0]["steps"]]
+    return {"bundle": str(bundle), "steps": {n: statistics.median(g["steps"][i][1] for g in got)
+                                             for i, n in enumerate(names)},
+            "load_again_s": statistics.median(g["load_again_s"] for g in got)}
 
 
 def bench(bundle: Path, data: Path, runs: int, arena: bool = True) -> dict[str, Any]:
@@ -115,8 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="cold-start processes per bundle")
     ap.add_argument("--no-arena", action="store_true", help="sessions without onnxruntime's CPU memory arena")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--breakdown", action="store_true", help="where the cold start's time goes, step by step")
     args = ap.parse_args(argv)
     bundles = [Path(b) for b in args.bundles] or [bundle_dir()]
+    if args.breakdown:
+        parts = [cold_breakdown(b, Path(args.data), args.runs) for b in bundles]
+        print(f"{'step (fresh process, median of ' + str(args.runs) + ')':<48}"
+              + "".join(f"{Path(r['bundle']).parent.name + '/' + Path(r['bundle']).name:>36}" for r in parts))
+        for step in parts[0]["steps"]:
+            print(f"{step:<48}" + "".join(f"{r['steps'][step] * 1e3:33.0f} ms" for r in parts))
+        print(f"{'total':<48}" + "".join(f"{sum(r['steps'].values()) * 1e3:33.0f} ms" for r in parts))
+        if args.json:
+            Path(args.json).write_text(json.dumps(parts, indent=2) + "\n")
+        return 0
     results = [bench(b, Path(args.data), args.runs, arena=not args.no_arena) for b in bundles]
     print(f"{'bundle':<28} {'MB':>7} {'cold s':>7} {'RSS MB':>7} {'e2e ms':>7} {'graphs':>7} {'ratio':>6} "
           f"{'head/s':>9} {'warm/s':>8}")
