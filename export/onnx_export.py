@@ -170,7 +170,8 @@ def fit_calibration(model: MatchModel, ds: Dataset, emb: dict[str, tuple[np.ndar
     return record, float(platt(np.array([logit(raw_threshold)]), a, b)[0])
 
 
-def _vocabulary(model: MatchModel, source: Path, dest: Path, ds: Dataset, quiet: bool) -> Vocabulary:
+def _vocabulary(model: MatchModel, source: Path, dest: Path, ds: Dataset, scripts: tuple[str, ...],
+                quiet: bool) -> Vocabulary:
     """Write the bundle's ``tokenizer.json`` (trimmed to the preset's scripts, the embedding rows
     sliced to match) and its record, with the held-out corpus check and the dataset's own texts."""
     from tokenizers import Tokenizer
@@ -179,7 +180,7 @@ def _vocabulary(model: MatchModel, source: Path, dest: Path, ds: Dataset, quiet:
 
     preset = model.preset
     raw = json.loads(source.read_text(encoding="utf-8"))
-    if not preset.vocabulary:
+    if not scripts:
         shutil.copyfile(source, dest)
         model_json = raw["model"]
         unk = model_json.get("unk_id")
@@ -187,7 +188,7 @@ def _vocabulary(model: MatchModel, source: Path, dest: Path, ds: Dataset, quiet:
             unk = Tokenizer.from_file(str(source)).token_to_id(model_json.get("unk_token") or "")
         return Vocabulary(model_json["type"], len(model_json["vocab"]), -1 if unk is None else int(unk),
                           covered_chars(raw))
-    trim = trim_unigram(raw, preset.vocabulary)
+    trim = trim_unigram(raw, scripts)
     dest.write_text(trim.dumps(), encoding="utf-8")
     original, trimmed = Tokenizer.from_file(str(source)), Tokenizer.from_file(str(dest))
     full_tok, trim_tok = load_tokenizer(source, preset.text_spec), load_tokenizer(dest, preset.text_spec)
@@ -204,7 +205,7 @@ def _vocabulary(model: MatchModel, source: Path, dest: Path, ds: Dataset, quiet:
                 ts.append(model.text(torch.from_numpy(trim.kept[b_ids]), torch.from_numpy(b_mask)).numpy())
         return np.concatenate(us), np.concatenate(ts)
 
-    say(quiet, f"ticor export: trimming the vocabulary to {', '.join(preset.vocabulary)}: "
+    say(quiet, f"ticor export: trimming the vocabulary to {', '.join(scripts)}: "
                f"{trim.original_pieces:,} -> {trim.pieces:,} pieces; checking it on held-out text")
     heldout = heldout_check(original, trimmed, trim, heldout_texts(), embed)
     heldout["corpus"] = {lang: CORPORA[lang].spec for lang in heldout["texts"]}
@@ -223,8 +224,9 @@ def _vocabulary(model: MatchModel, source: Path, dest: Path, ds: Dataset, quiet:
                                                                   "cosine_of_differing", "examples")}})
 
 
-def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -> Path:
-    """Write (or reuse) the fp32 bundle for a finished training run."""
+def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False, trim: bool = True) -> Path:
+    """Write (or reuse) the fp32 bundle for a finished training run (``trim``: the vocabulary
+    trimmed to the preset's scripts, else kept whole)."""
     log_path, trained_path = run_dir / LOG_FILE, run_dir / TRAINED_FILE
     if not (log_path.is_file() and trained_path.is_file()):
         raise UsageError(f"{run_dir} holds no finished training run; run `ticor train` first")
@@ -233,12 +235,13 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
     if trained_sha != log["trained_sha256"]:
         raise UsageError(f"{trained_path} does not match its training log (modified?); retrain")
     preset = PRESETS[log["preset"]]
+    scripts = preset.vocabulary if trim else ()
     if not force and (out / MANIFEST).is_file():
         try:
             m = read_manifest(out)
             if m.trained_sha256 == trained_sha and (m.text_spec, m.image_spec) == (
                     preset.text_spec, preset.image_spec) and m.score_calibration is not None and (
-                    m.vocabulary is not None and m.vocabulary.scripts == preset.vocabulary):
+                    m.vocabulary is not None and m.vocabulary.scripts == scripts):
                 say(quiet, f"ticor export: {out} is up to date")
                 return out
         except BundleError as exc:
@@ -254,7 +257,7 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False) -
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        vocabulary = _vocabulary(model, backbones.tokenizer, work / TOKENIZER, ds, quiet)
+        vocabulary = _vocabulary(model, backbones.tokenizer, work / TOKENIZER, ds, scripts, quiet)
         say(quiet, f"ticor export: writing ONNX graphs (opset {OPSET}) into {work}")
         ids = torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]])
         mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])

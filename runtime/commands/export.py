@@ -12,6 +12,8 @@ def register(sub: Any) -> None:
     export.add_argument("--run", help="run directory (default: CACHE/runs/PRESET)")
     export.add_argument("--out", help="bundle directory (default: CACHE/bundles/PRESET-fp32)")
     export.add_argument("--force", action="store_true", help="export again even when up to date")
+    export.add_argument("--full-vocabulary", action="store_true", help="keep the pretrained vocabulary whole instead "
+                        "of trimming it to the preset's scripts (a bigger bundle, for comparisons; give --out)")
     export.add_argument("--quiet", action="store_true", help="no progress on stderr")
     export.set_defaults(handler=run)
 
@@ -30,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
     preset = check_preset(args.preset)
     run_path = Path(args.run) if args.run else run_dir(preset)
     out = Path(args.out) if args.out else bundle_dir(preset, "fp32")
-    print(export(run_path, out, force=args.force, quiet=args.quiet))
+    print(export(run_path, out, force=args.force, quiet=args.quiet, trim=not args.full_vocabulary))
     return 0
