@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ticor.export.vocab import METASPACE, Trim, rebuild, special_ids, trim_unigram
+from ticor.export.vocab import METASPACE, Trim, differing, rebuild, special_ids, trim_unigram
 
 _LOAD = """
 import sys, time
@@ -58,8 +58,7 @@ def by_score(tokenizer: dict[str, Any], scripts: tuple[str, ...], keep_top: int)
 def _identical(original: Any, trimmed: Any, kept: np.ndarray, n: int, texts: list[str]) -> float:
     table = np.full(n, -1, np.int64)
     table[kept] = np.arange(len(kept))
-    a, b = original.encode_batch(texts), trimmed.encode_batch(texts)
-    return float(np.mean([table[np.asarray(x.ids, np.int64)].tolist() == y.ids for x, y in zip(a, b)]))
+    return 1.0 - len(differing(original, trimmed, table, texts)) / len(texts)
 
 
 def _load_cost(path: Path, runs: int) -> tuple[float, float]:

@@ -159,6 +159,13 @@ def covered_chars(tokenizer: dict[str, Any]) -> str:
     return "".join(sorted({p for p in pieces if len(p) == 1 and p not in special and p != METASPACE}))
 
 
+def differing(original: Any, trimmed: Any, table: np.ndarray, texts: list[str]) -> list[str]:
+    """The texts whose pieces differ: original ids mapped through ``table`` (original id -> new
+    id, -1 for a dropped piece) against the trimmed tokenizer's ids."""
+    a, b = original.encode_batch(texts), trimmed.encode_batch(texts)
+    return [t for t, x, y in zip(texts, a, b) if table[np.asarray(x.ids, np.int64)].tolist() != y.ids]
+
+
 def heldout_check(original: Any, trimmed: Any, trim: Trim, texts: dict[str, list[str]],
                   embed: Callable[[list[str]], tuple[np.ndarray, np.ndarray]], examples: int = 8) -> dict[str, Any]:
     """Tokenize every held-out text with both tokenizers (``tokenizers.Tokenizer``, without
@@ -166,21 +173,20 @@ def heldout_check(original: Any, trimmed: Any, trim: Trim, texts: dict[str, list
     the untrimmed and the trimmed branch's embeddings of the texts that differ."""
     table = trim.new_ids()
     out: dict[str, Any] = {"texts": {}, "identical": {}, "differ": {}}
-    differing: list[str] = []
+    changed: list[str] = []
     for lang, items in texts.items():
-        a, b = original.encode_batch(items), trimmed.encode_batch(items)
-        bad = [t for t, x, y in zip(items, a, b) if table[np.asarray(x.ids, np.int64)].tolist() != y.ids]
+        bad = differing(original, trimmed, table, items)
         out["texts"][lang] = len(items)
         out["identical"][lang] = 1.0 - len(bad) / max(1, len(items))
         out["differ"][lang] = len(bad)
-        differing += bad
+        changed += bad
     cos = np.ones(0)
-    if differing:
-        u, t = embed(differing)
+    if changed:
+        u, t = embed(changed)
         cos = np.sum(u * t, axis=1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(t, axis=1))
     out["cosine_of_differing"] = {"min": float(cos.min()) if cos.size else None,
                                   "median": float(np.median(cos)) if cos.size else None,
                                   "below_0.999": int((cos < 0.999).sum())}
     order = np.argsort(cos)[:examples] if cos.size else []
-    out["examples"] = [{"text": differing[i], "cosine": round(float(cos[i]), 5)} for i in order]
+    out["examples"] = [{"text": changed[i], "cosine": round(float(cos[i]), 5)} for i in order]
     return out
