@@ -1,9 +1,10 @@
 """Per-graph recipes of ``ticor quantize``.
 
-- Text branch: onnxruntime's BERT fusions (attention, skip layer-norm, bias-GELU) *without*
-  the embedding fusion, so the word-embedding ``Gather`` stays visible and its table is
-  quantized too; then either dynamic int8 or int8 weights with exact activations (see
-  :func:`quantize_text`). The multilingual text graph goes from 471 MB to about 120 MB.
+- Text branch: onnxruntime's BERT fusions (attention as ``MultiHeadAttention``, skip
+  layer-norm, bias-GELU) *without* the embedding fusion, so the word-embedding ``Gather`` stays
+  visible and its table is stored small; then dynamic int8 in integer kernels (all MatMuls, or
+  all but the few the per-node measurement says lose the most), or int8 weights with exact
+  activations (see :func:`quantize_text`).
 - Image branch: static QDQ int8, per-channel weights, activations calibrated on real pictures
   (min-max, entropy or percentile). Dynamic int8 is not offered for the CNN: its ConvInteger
   kernels are many times slower than fp32 on CPU.
@@ -16,6 +17,7 @@ import io
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ import numpy as np
 
 from ticor.bundle import IMAGE_INPUT, TEXT_INPUTS
 from ticor.errors import UsageError
+from ticor.quantization import text_int8
+from ticor.quantization.text_int8 import NodeError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -30,66 +34,100 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 @contextlib.contextmanager
 def _hushed() -> Iterator[None]:
     """onnxruntime's quantization tools print progress to stdout and log hints: keep stdout ours."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime")]  # the second: its modules configure
+    levels = [g.level for g in loggers]                                  # the root logger when imported
+    for g in loggers:
+        g.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        root.setLevel(level)
+        for g, level in zip(loggers, levels, strict=True):
+            g.setLevel(level)
 
 
-TEXT_RECIPES = ("int8-dynamic", "int8-weights")
+TEXT_RECIPES = ("int8-dynamic", "int8-mixed", "int8-weights")
+#: Calibration texts for the dynamic recipes' per-node measurement (train split, spread evenly).
+CALIBRATION_TEXTS = 256
 
 
-def quantize_text(src: Path, outputs: dict[str, Path], num_heads: int, hidden_size: int) -> dict[str, str]:
+@dataclass(frozen=True)
+class TextQuantization:
+    """What :func:`quantize_text` did: a sentence per recipe, and the per-MatMul error report."""
+
+    how: dict[str, str]
+    report: list[NodeError]
+    kept_float: set[str]
+
+    def report_json(self) -> list[dict[str, Any]]:
+        return [r.to_json(r.node in self.kept_float) for r in self.report]
+
+
+def quantize_text(src: Path, outputs: dict[str, Path], num_heads: int, hidden_size: int,
+                  calibration: list[dict[str, np.ndarray]] | None = None) -> TextQuantization:
     """Int8 text graphs, one per recipe in ``outputs`` (keys from :data:`TEXT_RECIPES`).
 
-    Both start from onnxruntime's BERT fusions without the embedding fusion, so the
-    word-embedding ``Gather`` stays visible and its 96M-entry table is quantized too.
+    In all of them the word-embedding table is stored small: its exact 4-bit form when it has
+    one, else int8 with one scale per row; only looked-up rows are expanded
+    (:func:`_quantize_lookup`).
 
-    - ``int8-dynamic``: dynamic int8, per-channel weights, activations quantized per tensor at
-      run time (MatMul, Attention, Gather). The fastest on CPU, and the least faithful.
-    - ``int8-weights``: int8 weights, activations kept exact: every MatMul becomes
-      ``MatMulNBits`` (8 bits, blocks of 32, symmetric; accuracy level 4 lets the kernel use
-      int8 dot products on blocks of 32 activations), at 4 bits where the weights are exactly
-      4-bit blocks already (the frozen pretrained layers: lossless); the embedding table is
-      stored in its exact 4-bit form when it has one, else int8 with one scale per row, and only
-      the looked-up rows are dequantized (:func:`_quantize_lookup`). Attention is fused as
-      ``MultiHeadAttention``, which leaves the Q, K and V projections as MatMuls to quantize
-      (the packed ``Attention`` op keeps 21 MB of them fp32; measured: 61 -> 44 MB for the
-      trimmed multilingual text graph, same agreement, batch-1 latency +6%).
-
-    Returns, per recipe that has one, the sentence saying how its weights and table are stored.
+    - ``int8-dynamic``: every MatMul with a weight as ``DynamicQuantizeMatMul`` (uint8
+      activations per tensor at run time, int8 weights per column, integer arithmetic), with
+      SmoothQuant calibrated on ``calibration`` (text-graph feeds from the train split), built
+      on the exported graph (:mod:`ticor.quantization.text_int8`), which also measures each
+      MatMul's own int8 error on those texts.
+    - ``int8-mixed``: the same, with the MatMuls of the role the measurement finds worst (in
+      every layer) kept in float (:func:`text_int8.keep_float`).
+    - ``int8-weights``: onnxruntime's BERT fusions first (without the embedding fusion, attention
+      as ``MultiHeadAttention``, which leaves the Q, K and V projections as MatMuls), then int8
+      weights, activations kept exact: every MatMul becomes
+      ``MatMulNBits`` (8 bits, blocks of 32, symmetric, accuracy level 4), at 4 bits where the
+      weights are exactly 4-bit blocks already (the frozen pretrained layers: lossless).
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     unknown = sorted(set(outputs) - set(TEXT_RECIPES))
     if unknown:
         raise UsageError(f"unknown text recipe {unknown[0]!r}; known: {', '.join(TEXT_RECIPES)}")
+    dynamic = [r for r in ("int8-dynamic", "int8-mixed") if r in outputs]
+    if dynamic and not calibration:
+        raise UsageError(f"text recipe {dynamic[0]} needs calibration texts")
 
-    def fuse(dst: Path, multi_head: bool) -> Path:
-        options = FusionOptions("bert")
-        options.enable_embed_layer_norm = False  # keep the Gather: its table is quantized too
-        options.use_multi_head_attention = multi_head
-        model = optimizer.optimize_model(str(src), model_type="bert", num_heads=num_heads,
-                                         hidden_size=hidden_size, opt_level=1, optimization_options=options)
-        model.save_model_to_file(str(dst))
-        return dst
-
-    done = {}
+    how: dict[str, str] = {}
+    report: list[NodeError] = []
+    kept: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp, _hushed():
-        if "int8-dynamic" in outputs:
-            quantize_dynamic(str(fuse(Path(tmp) / "fused.onnx", False)), str(outputs["int8-dynamic"]),
-                             per_channel=True, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gather", "Attention"],
-                             extra_options={"DefaultTensorType": 1})  # FLOAT where fused ops hide a type
+        if dynamic:
+            # the exported graph itself: onnxruntime's own session fusions serve the float parts
+            # better than the BERT fusions here (measured: SkipLayerNormalization and
+            # MultiHeadAttention took 40% of the int8 graph's time at batch 64)
+            model = onnx.load(str(src))
+            nodes = text_int8.weight_matmuls(model.graph)
+            acts = text_int8.matmul_inputs(model, {n.name: n.input[0] for n in nodes}, calibration or [])
+            report, smooth = text_int8.node_errors(model, acts)
+            del acts
+            kept = text_int8.keep_float(report)
+            for recipe in dynamic:
+                keep = kept if recipe == "int8-mixed" else set()
+                q, count = text_int8.to_dynamic_int8(model, keep, smooth)
+                table = _quantize_lookup(q.graph, src)
+                onnx.save(q, str(outputs[recipe]))
+                how[recipe] = (f"{count} of {len(nodes)} MatMuls DynamicQuantizeMatMul (uint8 activations per tensor "
+                               f"at run time, int8 weights per column) with SmoothQuant (alpha {text_int8.ALPHA})"
+                               + (f", the {len(keep)} of role {text_int8.role(next(iter(keep)))} kept in float by the "
+                                  "per-node measurement" if keep else "")
+                               + f"; {table}")
         if "int8-weights" in outputs:
-            done["int8-weights"] = _weights_only_int8(fuse(Path(tmp) / "mha.onnx", True), outputs["int8-weights"])
-    return done
+            options = FusionOptions("bert")
+            options.enable_embed_layer_norm = False  # keep the Gather: its table is quantized too
+            options.use_multi_head_attention = True
+            fused = Path(tmp) / "mha.onnx"
+            optimizer.optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                                     opt_level=1, optimization_options=options).save_model_to_file(str(fused))
+            how["int8-weights"] = _weights_only_int8(fused, outputs["int8-weights"])
+    return TextQuantization(how, report, kept if "int8-mixed" in outputs else set())
 
 
 def _weights_only_int8(src: Path, dst: Path) -> str:

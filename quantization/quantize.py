@@ -1,13 +1,16 @@
 """``ticor quantize``: an fp32 bundle -> an int8 (CPU) or fp16 (GPU) bundle behind an accuracy gate.
 
-Candidates per branch. int8: text fused, then ``int8-dynamic`` (fastest) and ``int8-weights``
-(int8 weights, exact activations); image static QDQ int8 per-channel calibrated on real train
+Candidates per branch. int8: text fused, each MatMul's own int8 error measured on train texts
+(the report is printed and stored), then ``int8-dynamic`` (integer kernels, SmoothQuant where
+measured better), ``int8-mixed`` (the same with the measured worst MatMuls in float) and
+``int8-weights`` (int8 weights, exact activations); image static QDQ int8 per-channel calibrated on real train
 pictures, one graph per calibration method; head fp32 (70 kB: nothing to gain). fp16: every
 graph converted with float32 inputs and outputs kept at the boundary.
 
 Each candidate is scored on the validation split **alone** (other branches fp32) and every graph
-is timed at batch 1 side by side; the table is printed and stored. Per branch the fastest
-candidate that keeps the gate on validation is chosen, else fp32 (``--text``/``--image`` force
+is timed at batch 1 and at batch 64 side by side; the table is printed and stored. Per branch the
+fastest candidate (product of its time ratios to fp32 at both sizes) that keeps the gate on
+validation is chosen, else fp32 (``--text``/``--image`` force
 one). The chosen bundle's threshold is re-fitted on validation (fp32's share of positive
 decisions), then the **gate** compares it with fp32 on test: F1 within 0.5 points and at least
 99% of decisions the same, or nothing is written and the message names the branch that breaks it.
@@ -48,13 +51,22 @@ from ticor.errors import BundleError, GateError, UsageError
 from ticor.evaluation import Dataset, load_dataset, split_scores
 from ticor.metrics import at_threshold, evaluate, roc_auc
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
-from ticor.quantization.graphs import CALIBRATION_METHODS, TEXT_RECIPES, quantize_image, quantize_text, to_fp16
+from ticor.quantization.graphs import (
+    CALIBRATION_METHODS,
+    CALIBRATION_TEXTS,
+    TEXT_RECIPES,
+    TextQuantization,
+    quantize_image,
+    quantize_text,
+    to_fp16,
+)
+from ticor.quantization.text_int8 import role
 from ticor.sessions import plain_cpu_session
 
 MAX_F1_DROP = 0.005  # absolute F1 (0.5 points)
 MIN_AGREEMENT = 0.99
 #: Bumped when a recipe changes what it writes: an int8 bundle made by another version is rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,16 @@ class _Embeddings:
         return split_scores(self.ds, split, tv, iv, self.head_fn(combo["head"]), with_rank=with_rank)
 
 
+def speed_key(row: dict[str, Any], fp32_row: dict[str, Any], part: str) -> float:
+    """How a candidate's ``part`` graph compares with fp32 at batch 1 and at batch 64 together
+    (the product of the two time ratios: a graph faster at one size and slower at the other
+    does not win on the size that flatters it)."""
+    ratio = row["latency_ms"][part] / fp32_row["latency_ms"][part]
+    if "latency_ms_b64" in row:
+        ratio *= row["latency_ms_b64"][part] / fp32_row["latency_ms_b64"][part]
+    return ratio
+
+
 def matched_threshold(scores: np.ndarray, rate: float) -> float:
     """The threshold at which ``scores`` flag the fraction ``rate`` of pairs (fp32's operating point).
 
@@ -128,6 +150,29 @@ def calibration_set(ds: Dataset, count: int) -> list[str]:
         raise UsageError("the dataset has no train pictures to calibrate with")
     step = max(1, len(images) // count)
     return images[::step][:count]
+
+
+def calibration_texts(ds: Dataset, count: int) -> list[str]:
+    """``count`` train texts spread evenly over the train split, sorted by length (as batches run)."""
+    texts = ds.split_texts("train")
+    if not texts:
+        raise UsageError("the dataset has no train texts to calibrate with")
+    return sorted(texts[:: max(1, len(texts) // count)][:count], key=len)
+
+
+def sensitivity_lines(tq: TextQuantization, worst: int = 6) -> str:
+    """The per-MatMul error report's head, as printed by ``ticor quantize``."""
+    if not tq.report:
+        return "no per-node report"
+    median = float(np.median([r.best for r in tq.report]))
+    kept = f"; int8-mixed keeps role {role(next(iter(tq.kept_float)))} in float" if tq.kept_float else ""
+    lines = [f"text MatMuls' own int8 error with SmoothQuant (median {median:.4f}; lower than without on "
+             f"{sum(r.smoothed_error < r.error for r in tq.report)} of {len(tq.report)}{kept}), worst {worst}:"]
+    for r in tq.report[:worst]:
+        mark = "  (float in int8-mixed)" if r.node in tq.kept_float else ""
+        lines.append(f"  {r.node:<44} {r.shape[0]:>5}x{r.shape[1]:<5} {r.smoothed_error:.4f} smoothed, {r.error:.4f} "
+                     f"without{mark}")
+    return "\n".join(lines)
 
 
 def _latency(path: Path, feeds: dict[str, np.ndarray], runs: int = 100) -> float:
@@ -201,9 +246,15 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
     arch = m.architecture
     if arch is None:
         raise UsageError(f"{src} was exported before bundles recorded their architecture; export it again")
-    say(quiet, "ticor quantize: text branch -> fused, then int8 two ways (dynamic; weights only)")
-    lookup = quantize_text(work / "text.fp32.onnx", {r: work / f"text.{r}.onnx" for r in TEXT_RECIPES},
-                           arch.text_num_heads, arch.text_hidden_size)
+    texts = calibration_texts(ds, CALIBRATION_TEXTS)
+    tok = load_tokenizer(m.tokenizer_path, m.text_spec)
+    feeds = [dict(zip(TEXT_INPUTS, encode_texts(tok, texts[k : k + 64], m.text_spec), strict=True))
+             for k in range(0, len(texts), 64)]
+    say(quiet, f"ticor quantize: text branch -> fused, then int8 three ways (dynamic; dynamic with the worst "
+               f"MatMuls in float; weights only), each MatMul's int8 error measured on {len(texts)} train texts")
+    tq = quantize_text(work / "text.fp32.onnx", {r: work / f"text.{r}.onnx" for r in TEXT_RECIPES},
+                       arch.text_num_heads, arch.text_hidden_size, feeds)
+    say(quiet, "ticor quantize: " + sensitivity_lines(tq))
     graphs += [Graph("text", r, f"text.{r}.onnx") for r in TEXT_RECIPES]
     pictures = calibration_override if calibration_override is not None else calibration_set(ds, calibration)
     arrays = [load_image(ds.root / p, m.image_spec) for p in pictures]
@@ -215,12 +266,12 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
     graphs += [Graph("image", f"int8-{x}", f"image.int8-{x}.onnx") for x in methods]
     recipe = {
         "version": RECIPE_VERSION,
-        "text": {"int8-dynamic": ("onnxruntime BERT fusions without the embedding fusion, then dynamic int8 "
-                                  "per-channel (MatMul, Attention, Gather)"),
-                 "int8-weights": ("onnxruntime BERT fusions without the embedding fusion, then MatMulNBits "
-                                  "8-bit (blocks of 32, symmetric, accuracy level 4), "
-                                  f"{lookup['int8-weights']}; attention as MultiHeadAttention, its Q, K, V "
-                                  "projections quantized like the other MatMuls")},
+        "text": {r: f"onnxruntime BERT fusions without the embedding fusion, attention as MultiHeadAttention; {h}"
+                 for r, h in tq.how.items()},
+        "text_sensitivity": {"calibration": {"split": "train", "texts": len(texts),
+                                             "sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest()},
+                             "metric": "||y_int8 - y|| / ||y|| of each MatMul on its own fp32 inputs",
+                             "nodes": tq.report_json()},
         "image": "quant_pre_process, then static QDQ int8 per-channel weights, uint8 activations",
         "head": "fp32 (70 kB; nothing to gain)",
     }
@@ -241,13 +292,19 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
     fp32 = {part: by_branch[part][0] for part in BRANCHES}
 
     # batch-1 latency of every graph, side by side in this process
-    ids, mask = encode_texts(load_tokenizer(m.tokenizer_path, m.text_spec), ["a dog runs across the grass"],
-                             m.text_spec)
+    tok = load_tokenizer(m.tokenizer_path, m.text_spec)
+    ids, mask = encode_texts(tok, ["a dog runs across the grass"], m.text_spec)
     picture = load_image(ds.root / ds.split_images("test")[0], m.image_spec)[None]
     emb = np.full((1, m.embedding_dim), 1.0 / np.sqrt(m.embedding_dim), np.float32)
     feeds = {"text": {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask}, "image": {IMAGE_INPUT: picture},
              "head": {HEAD_INPUTS[0]: emb, HEAD_INPUTS[1]: emb}}
     latency = {g.file: _latency(work / g.file, feeds[g.branch]) for g in graphs}
+    # batch 64 (the batch scorer's size): captions of the test split, test pictures
+    ids64, mask64 = encode_texts(tok, ds.split_texts("test")[:64], m.text_spec)
+    pictures64 = np.stack([load_image(ds.root / p, m.image_spec) for p in ds.split_images("test")[:64]])
+    feeds64 = {"text": {TEXT_INPUTS[0]: ids64, TEXT_INPUTS[1]: mask64}, "image": {IMAGE_INPUT: pictures64},
+               "head": {HEAD_INPUTS[0]: np.repeat(emb, 64, 0), HEAD_INPUTS[1]: np.repeat(emb, 64, 0)}}
+    latency64 = {g.file: _latency(work / g.file, feeds64[g.branch], runs=10) for g in graphs}
     size = {g.file: (work / g.file).stat().st_size for g in graphs}
 
     emb_cache = _Embeddings(work, ds, m)
@@ -268,6 +325,7 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
                 f"{split}_roc_auc": roc_auc(ys[split], scores), f"{split}_agreement": agree,
                 f"{split}_passes": bool(f1_base - f1 <= MAX_F1_DROP and agree >= MIN_AGREEMENT),
                 "latency_ms": {p: latency[combo[p].file] for p in BRANCHES},
+                "latency_ms_b64": {p: latency64[combo[p].file] for p in BRANCHES},
                 "bytes": sum(size[combo[p].file] for p in BRANCHES)}
 
     # each quantized graph alone (the other branches fp32), on validation
@@ -283,7 +341,7 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
             continue
         fits = [r for r in table if r["val_passes"] and r["graphs"][part] != "fp32"
                 and all(r["graphs"][o] == "fp32" for o in BRANCHES if o != part)]
-        best = min(fits, key=lambda r: (r["latency_ms"][part], r["bytes"]), default=None)
+        best = min(fits, key=lambda r: (speed_key(r, table[0], part), r["bytes"]), default=None)
         chosen_graphs[part] = (next(g for g in by_branch[part] if g.name == best["graphs"][part])
                                if best else fp32[part])
     if all(g.name == "fp32" for g in chosen_graphs.values()):
@@ -352,7 +410,7 @@ def gate_line(m: Manifest) -> str:
 
 def format_table(table: list[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
     head = (f"{'text':<13} {'image':<16} {'head':<5} {'val F1':>7} {'dF1':>6} {'AUC':>6} {'agree':>7} "
-            f"{'text ms':>8} {'image ms':>8} {'head ms':>8} {'MB':>7}")
+            f"{'text ms':>8} {'image ms':>8} {'head ms':>8} {'MB':>7} {'text b64':>9} {'image b64':>9}")
     lines = [head]
     for r in table:
         mark = " *" if chosen is not None and r["files"] == chosen["files"] else ""
@@ -360,8 +418,12 @@ def format_table(table: list[dict[str, Any]], chosen: dict[str, Any] | None = No
         ok = "" if r["val_passes"] else " x"
         lines.append(f"{gr['text']:<13} {gr['image']:<16} {gr['head']:<5} {r['val_f1']:7.3f} "
                      f"{r['val_f1_change'] * 100:+6.2f} {r['val_roc_auc']:6.3f} {r['val_agreement']:7.2%} "
-                     f"{lat['text']:8.2f} {lat['image']:8.2f} {lat['head']:8.3f} {r['bytes'] / 1e6:7.1f}{mark}{ok}")
+                     f"{lat['text']:8.2f} {lat['image']:8.2f} {lat['head']:8.3f} {r['bytes'] / 1e6:7.1f}"
+                     + (f" {b64['text']:9.1f} {b64['image']:9.1f}" if (b64 := r.get("latency_ms_b64")) else "")
+                     + f"{mark}{ok}")
     lines.append("val split; threshold at fp32's share of positive decisions; agree = decisions equal to fp32; "
-                 "batch-1 latency: median of 100 runs per graph in one process, 2 threads; "
+                 "latency: median of 100 runs (batch 1) and of 10 runs (b64: batch 64) per graph in one process, "
+                 "2 threads; chosen per branch: the fastest at batch 1 and 64 together (product of the time ratios "
+                 "to fp32) among those that pass; "
                  "x = outside the gate (F1 -0.5 pts, 99% agreement); * = chosen")
     return "\n".join(lines)

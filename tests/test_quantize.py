@@ -1,7 +1,7 @@
 """``ticor quantize`` on the fixture bundle.
 
 fp16 goes through the gate and is written with float32 inputs and outputs; int8 builds and
-tables every candidate graph (two text recipes, three image calibrations) and shrinks the text
+tables every candidate graph (three text recipes, three image calibrations) and shrinks the text
 graph below 30%; and the gate fails on a deliberately broken variant (the image branch forced to
 int8 calibrated on blank pictures), writing nothing. The same gate code passes fp16 here, so it
 can do both. (On the small fixture even a normally quantized branch may miss the strict 99%
@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import FIXTURE_DATA, ticor
+from ticor.quantization.graphs import TEXT_RECIPES
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +53,14 @@ def test_int8_tables_every_candidate_and_shrinks_the_text_branch(fp32_bundle: Pa
     rows = {}
     for line in r.stderr.splitlines():
         cols = line.split()
-        if len(cols) >= 11 and cols[2] == "fp32" and cols[0] in ("fp32", "int8-dynamic", "int8-weights"):
+        if len(cols) >= 11 and cols[2] == "fp32" and cols[0] in ("fp32", *TEXT_RECIPES):
             rows[(cols[0], cols[1])] = cols
-    expected = {("fp32", "fp32"), ("int8-dynamic", "fp32"), ("int8-weights", "fp32"),
+    expected = {("fp32", "fp32"), *((r, "fp32") for r in TEXT_RECIPES),
                 *(("fp32", f"int8-{m}") for m in ("minmax", "entropy", "percentile"))}
     assert expected <= set(rows), r.stderr
     mb = {k: float(v[10]) for k, v in rows.items()}
     image_mb = mb[("fp32", "fp32")] - (fp32_bundle / "text.onnx").stat().st_size / 1e6
-    for recipe in ("int8-dynamic", "int8-weights"):  # the embedding table is quantized too
+    for recipe in TEXT_RECIPES:  # the embedding table is quantized too
         assert mb[(recipe, "fp32")] - image_mb <= 0.30 * (mb[("fp32", "fp32")] - image_mb)
     if r.returncode == 0:  # the 30-pair fixture may or may not keep 99% of decisions
         d = json.loads((out / "manifest.json").read_text())
@@ -66,6 +68,13 @@ def test_int8_tables_every_candidate_and_shrinks_the_text_branch(fp32_bundle: Pa
         assert q["gate"]["passed"] and q["gate"]["agreement"] >= 0.99
         assert set(q["branches"]) == {"text", "image", "head"} and set(q["branches"].values()) != {"fp32"}
         assert "gate: text " in r.stdout
+        sens = q["recipe"]["text_sensitivity"]
+        assert len(sens["nodes"]) == 72 and sens["calibration"]["split"] == "train"
+        if q["branches"]["text"] in ("int8-dynamic", "int8-mixed"):  # the chosen graph computes in integers
+            from ticor.benchmarks.measure import kernel_share, profile_nodes
+
+            feeds = {"input_ids": np.array([[0, 5, 6, 7, 2]]), "attention_mask": np.ones((1, 5), np.int64)}
+            assert kernel_share(profile_nodes(out / "text.onnx", feeds, threads=1))["integer_share"] > 0.25
     else:
         assert r.returncode == 1 and ("gate failed" in r.stderr or "no branch keeps the gate" in r.stderr)
         assert not out.exists()

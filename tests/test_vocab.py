@@ -184,7 +184,7 @@ def test_int8_weights_text_graph_keeps_the_exact_4bit_parts(fp32_bundle: Path, t
 
     m = read_manifest(fp32_bundle)
     out = tmp_path / "text.int8-weights.onnx"
-    how = quantize_text(m.graph_path("text"), {"int8-weights": out}, 12, 384)["int8-weights"]
+    how = quantize_text(m.graph_path("text"), {"int8-weights": out}, 12, 384).how["int8-weights"]
     assert how.startswith("48 of 72 MatMuls 4-bit") and "exact 4-bit form" in how
     graph = onnx.load(str(out)).graph
     ops = [n.op_type for n in graph.node]

@@ -1,0 +1,118 @@
+"""The text branch's dynamic int8 recipes on the fixture bundle's real text graph.
+
+The per-node error report reproduces onnxruntime's own ``DynamicQuantizeMatMul`` arithmetic (so
+it measures what runs), both dynamic recipes build, keep fp32's embeddings, and spend their
+time in integer kernels in an onnxruntime profile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import FIXTURE_DATA
+
+pytestmark = pytest.mark.slow
+
+
+def _feeds(m, texts: list[str]) -> list[dict[str, np.ndarray]]:
+    from ticor.bundle import TEXT_INPUTS
+    from ticor.preprocess import encode_texts, load_tokenizer
+
+    tok = load_tokenizer(m.tokenizer_path, m.text_spec)
+    texts = sorted(texts, key=len)
+    return [dict(zip(TEXT_INPUTS, encode_texts(tok, texts[k : k + 16], m.text_spec), strict=True))
+            for k in range(0, len(texts), 16)]
+
+
+@pytest.fixture(scope="module")
+def fused(fp32_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The fixture bundle's text graph with onnxruntime's BERT fusions, as the recipes start from it."""
+    import onnx
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    from ticor.bundle import read_manifest
+
+    m = read_manifest(fp32_bundle)
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = False
+    options.use_multi_head_attention = True
+    path = tmp_path_factory.mktemp("fused") / "mha.onnx"
+    optimizer.optimize_model(str(m.graph_path("text")), model_type="bert", num_heads=12, hidden_size=384,
+                             opt_level=1, optimization_options=options).save_model_to_file(str(path))
+    return m, onnx.load(str(path))
+
+
+def test_node_error_reproduces_onnxruntime_dynamic_int8_kernel(fused) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ticor.evaluation import load_dataset
+    from ticor.quantization import text_int8 as ti
+
+    m, model = fused
+    nodes = ti.weight_matmuls(model.graph)
+    assert len(nodes) == 72  # 12 layers x (Q, K, V, attention output, FFN in, FFN out)
+    pick = next(n for n in nodes if "/layer.2/output/dense" in n.name)  # input after GELU: a wide range
+    acts = ti.matmul_inputs(model, {pick.name: pick.input[0]}, _feeds(m, load_dataset(FIXTURE_DATA).texts()))
+    x = acts[pick.name][0]
+    w = numpy_helper.to_array({i.name: i for i in model.graph.initializer}[pick.input[1]])
+    codes, scale = ti.int8_columns(w)
+    one = helper.make_model(helper.make_graph(
+        [helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s"], ["y"], domain=ti.MS_DOMAIN)], "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(codes, "w"), numpy_helper.from_array(scale, "s")]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ti.MS_DOMAIN, 1)])
+    kernel = ort.InferenceSession(one.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    emulated = ti._dynamic_uint8(x) @ (codes.astype(np.float32) * scale)
+    exact = x @ w
+    err_kernel = np.linalg.norm(kernel - exact) / np.linalg.norm(exact)
+    # the emulation and the kernel agree far below the quantization error they both measure
+    assert np.linalg.norm(kernel - emulated) / np.linalg.norm(exact) < 0.05 * err_kernel
+    report, _ = ti.node_errors(model, {pick.name: [x]})
+    assert report[0].error == pytest.approx(err_kernel, rel=0.05)
+
+
+def test_dynamic_recipes_build_keep_fp32_and_run_integer_kernels(fp32_bundle: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from ticor.benchmarks.measure import kernel_share, profile_nodes
+    from ticor.bundle import read_manifest
+    from ticor.evaluation import load_dataset
+    from ticor.quantization import text_int8 as ti
+    from ticor.quantization.graphs import quantize_text
+    from ticor.sessions import plain_cpu_session
+
+    m = read_manifest(fp32_bundle)
+    ds = load_dataset(FIXTURE_DATA)
+    outs = {r: tmp_path / f"text.{r}.onnx" for r in ("int8-dynamic", "int8-mixed")}
+    tq = quantize_text(m.graph_path("text"), outs, 12, 384, _feeds(m, ds.split_texts("train")))
+    assert len(tq.report) == 72 and [r.best for r in tq.report] == sorted((r.best for r in tq.report), reverse=True)
+    # int8-mixed keeps one role (the same MatMul in each of the 12 layers) in float: the worst by median error
+    roles = {ti.role(n) for n in tq.kept_float}
+    assert len(tq.kept_float) == 12 and len(roles) == 1, tq.kept_float
+    by_role: dict[str, list[float]] = {}
+    for r in tq.report:
+        by_role.setdefault(ti.role(r.node), []).append(r.best)
+    assert max(by_role, key=lambda k: float(np.median(by_role[k]))) in roles
+    assert tq.how["int8-dynamic"].startswith("72 of 72 MatMuls DynamicQuantizeMatMul")
+    assert tq.how["int8-mixed"].startswith("60 of 72") and "12 of role" in tq.how["int8-mixed"]
+    source_matmuls = [n.op_type for n in onnx.load(str(m.graph_path("text"))).graph.node].count("MatMul")
+    feeds = _feeds(m, ds.split_texts("test"))
+    ref = plain_cpu_session(m.graph_path("text")).run(None, feeds[0])[0]
+    for recipe, path in outs.items():
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        kept = len(tq.kept_float) if recipe == "int8-mixed" else 0
+        # the attention's own products (no weight) stay MatMul, like the kept role
+        assert ops.count("DynamicQuantizeMatMul") == 72 - kept, recipe
+        assert ops.count("MatMul") == source_matmuls - 72 + kept, recipe
+        got = plain_cpu_session(path).run(None, feeds[0])[0]
+        assert np.min(np.sum(ref * got, axis=1)) > 0.99, recipe
+        share = kernel_share(profile_nodes(path, feeds[0], threads=1))
+        top = max(share["top_ops_share"], key=share["top_ops_share"].get)
+        assert top == "DynamicQuantizeMatMul" and share["integer_share"] > 0.25, (recipe, share)
+        assert path.stat().st_size < 0.3 * m.graph_path("text").stat().st_size
