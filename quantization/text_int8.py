@@ -1,6 +1,6 @@
 """Dynamic int8 for the text branch, built node by node and measured node by node.
 
-Every ``MatMul`` with a constant weight in the fused text graph becomes one
+Every ``MatMul`` with a constant weight in the exported text graph becomes one
 ``DynamicQuantizeMatMul`` (onnxruntime's integer kernel: the activation quantized to uint8 per
 tensor at run time, the weight int8 per column, an int32 accumulation): written directly rather
 than through ``quantize_dynamic``, so that any subset of MatMuls can be left in float, and so

@@ -136,15 +136,18 @@ def test_sigkill_then_resume_gives_each_row_once_identical_to_a_clean_run(rows, 
 
 def test_ctrl_c_keeps_committed_shards_and_exits_130(rows, fp32_bundle: Path, tmp_path: Path) -> None:
     data, d = rows
-    inp = _write([dict(r, id=f"{r['id']}-{k}") for k in range(6) for r in data], tmp_path / "in.jsonl")
+    # enough rows that the run is still going when its second shard lands (on a loaded machine a
+    # short run could finish, and remove its parts, between two looks)
+    inp = _write([dict(r, id=f"{r['id']}-{k}") for k in range(60) for r in data], tmp_path / "in.jsonl")
     out = tmp_path / "out.jsonl"
     parts = out.with_name(out.name + ".ticor-parts")
     proc = subprocess.Popen([sys.executable, "-m", "ticor", "score", str(inp), "-o", str(out),
                              *_fix(d, fp32_bundle), "--shard-rows", "32", "--batch-size", "16"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(parts.glob("shard-*"))) < 2:
+    while time.monotonic() < deadline and len(list(parts.glob("shard-*"))) < 2 and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "run the same command to resume" in err
