@@ -141,16 +141,19 @@ def test_ctrl_c_keeps_committed_shards_and_exits_130(rows, fp32_bundle: Path, tm
     inp = _write([dict(r, id=f"{r['id']}-{k}") for k in range(60) for r in data], tmp_path / "in.jsonl")
     out = tmp_path / "out.jsonl"
     parts = out.with_name(out.name + ".ticor-parts")
+    # the child gets the default Ctrl-C action even where this test process ignores SIGINT (an
+    # earlier in-process Ray session leaves it ignored, and children inherit an ignored signal)
     proc = subprocess.Popen([sys.executable, "-m", "ticor", "score", str(inp), "-o", str(out),
                              *_fix(d, fp32_bundle), "--shard-rows", "32", "--batch-size", "16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(parts.glob("shard-*"))) < 2 and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "run the same command to resume" in err
+    assert proc.returncode == 130 and "run the same command to resume" in err, err[-2000:]
     assert list(parts.glob("shard-*"))
 
 
