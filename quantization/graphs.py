@@ -1,10 +1,9 @@
 """Per-graph recipes of ``ticor quantize``.
 
-- Text branch: onnxruntime's BERT fusions (attention as ``MultiHeadAttention``, skip
-  layer-norm, bias-GELU) *without* the embedding fusion, so the word-embedding ``Gather`` stays
-  visible and its table is stored small; then dynamic int8 in integer kernels (all MatMuls, or
-  all but the few the per-node measurement says lose the most), or int8 weights with exact
-  activations (see :func:`quantize_text`).
+- Text branch: dynamic int8 in integer kernels on the exported graph (all MatMuls, or all but
+  the role the per-node measurement says loses the most), or, after onnxruntime's BERT fusions,
+  int8 weights with exact activations; the word-embedding table stored small in both (see
+  :func:`quantize_text`).
 - Image branch: static QDQ int8, per-channel weights, activations calibrated on real pictures
   (min-max, entropy or percentile). Dynamic int8 is not offered for the CNN: its ConvInteger
   kernels are many times slower than fp32 on CPU.

@@ -1,9 +1,9 @@
 """``ticor quantize``: an fp32 bundle -> an int8 (CPU) or fp16 (GPU) bundle behind an accuracy gate.
 
-Candidates per branch. int8: text fused, each MatMul's own int8 error measured on train texts
-(the report is printed and stored), then ``int8-dynamic`` (integer kernels, SmoothQuant where
-measured better), ``int8-mixed`` (the same with the measured worst MatMuls in float) and
-``int8-weights`` (int8 weights, exact activations); image static QDQ int8 per-channel calibrated on real train
+Candidates per branch. int8: text — each MatMul's own int8 error measured on train texts (the
+report is printed and stored), then ``int8-dynamic`` (integer kernels with SmoothQuant),
+``int8-mixed`` (the same with the measured worst role of MatMuls in float) and ``int8-weights``
+(after the BERT fusions: int8 weights, exact activations); image static QDQ int8 per-channel calibrated on real train
 pictures, one graph per calibration method; head fp32 (70 kB: nothing to gain). fp16: every
 graph converted with float32 inputs and outputs kept at the boundary.
 
@@ -266,8 +266,8 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
     graphs += [Graph("image", f"int8-{x}", f"image.int8-{x}.onnx") for x in methods]
     recipe = {
         "version": RECIPE_VERSION,
-        "text": {r: f"onnxruntime BERT fusions without the embedding fusion, attention as MultiHeadAttention; {h}"
-                 for r, h in tq.how.items()},
+        "text": {r: ("onnxruntime BERT fusions without the embedding fusion, attention as MultiHeadAttention; "
+                     if r == "int8-weights" else "the exported graph; ") + h for r, h in tq.how.items()},
         "text_sensitivity": {"calibration": {"split": "train", "texts": len(texts),
                                              "sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest()},
                              "metric": "||y_int8 - y|| / ||y|| of each MatMul on its own fp32 inputs",
