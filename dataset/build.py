@@ -38,13 +38,13 @@ from ticor.dataset.licences import attribution, write_licenses
 from ticor.dataset.pairs import PAIRS_FORMAT, Record, image_path, make_pairs, verify
 from ticor.dataset.render import RENDER_VERSION, RenderJob, RenderResult, render_many
 from ticor.dataset.sources import SOURCES, sha256_file
-from ticor.dataset.splits import assign_splits, group_concepts, stable_hash
+from ticor.dataset.splits import assign_splits, group_concepts, group_weights, stable_hash
 from ticor.evaluation import SPLITS
 from ticor.imaging import BACKGROUND
 
 SCHEMA = "ticor.dataset/1"
-BUILDER_VERSION = 1
-FIXTURE_CONCEPTS = {"emoji": 32, "tux": 24, "openclipart": 24}
+BUILDER_VERSION = 2
+FIXTURE_CONCEPTS = {"emoji": 32, "tux": 24, "openclipart": 24, "photo": 16}
 FIXTURE_PER_CLUSTER = 6
 CHUNK = 24
 
@@ -234,7 +234,7 @@ def build(
     # Any earlier manifest no longer describes what is on disk while we write.
     (out / "manifest.json").unlink(missing_ok=True)
 
-    concepts, skipped = catalog.all_concepts(roots)
+    concepts, skipped, credits = catalog.all_concepts(roots)
     if options.subset == "fixture":
         concepts = select_fixture(concepts)
         skipped = []  # catalog-level skips concern concepts the fixture does not hold
@@ -264,8 +264,7 @@ def build(
         with_images[c.key] = got
 
     group_of = group_concepts(kept, images)
-    group_sizes = Counter(group_of)
-    split_of = assign_splits(dict(group_sizes))
+    split_of = assign_splits(group_weights(kept, group_of, images))
     cid = {c.key: "c" + stable_hash("concept", c.key)[:12] for c in kept}
     records = [
         Record(c, with_images[c.key], group_of[i], split_of[group_of[i]])
@@ -280,9 +279,11 @@ def build(
     verify(records, pairs)
 
     # ---- write
+    licence_of = {str(done[job.key]): credits[job.key].license for c in kept for _, job in c.jobs
+                  if job.key in credits and isinstance(done[job.key], str)}
     items = [
         {"image": image_path(d), "source": s, "concept": cid[r.concept.key], "family": r.concept.family,
-         "group": r.group, "split": r.split, "license": catalog.LICENSES[s]}
+         "group": r.group, "split": r.split, "license": licence_of.get(d, catalog.LICENSES[s])}
         for r in records for s, d in r.images
     ]
     texts = [
@@ -319,7 +320,10 @@ def build(
     used_packages = {"cldr"} | {catalog.IMAGE_SOURCE_PACKAGE[s] for r in records for s, _ in r.images}
     license_hashes = write_licenses(out, roots, used_packages)
     image_counts = Counter(s for r in records for s, _ in r.images)
-    _dump_text(out / "ATTRIBUTION.md", attribution(image_counts))
+    photo_credits = sorted(
+        (job.key.split(":", 1)[1], str(done[job.key]), credits[job.key])
+        for r in records for _, job in r.concept.jobs if job.key in credits and isinstance(done[job.key], str))
+    _dump_text(out / "ATTRIBUTION.md", attribution(image_counts, photo_credits))
 
     manifest = _manifest(options, records, pairs, skipped, pair_notes, referenced)
     outputs = {

@@ -1,7 +1,8 @@
 """Read the extracted sources into concepts: the things that have both pictures and texts.
 
 A concept is one emoji (all its styles: Noto, OpenMoji, Fluent flat and colour), one Tux Paint
-stamp, or one Openclipart drawing. Each carries its texts (English and Chinese), its render
+stamp, one Openclipart drawing, or one photographed thing of GCompris
+(``ticor.dataset.gcompris``). Each carries its texts (English and Chinese), its render
 jobs, a seed group key (what must never be split apart), hard-negative keys (siblings that look
 alike) and noun keys (to merge the same thing across sources). Nothing here reads pixels.
 """
@@ -33,6 +34,7 @@ LICENSES = {
     "fluent-color": "MIT",
     "tux": "GPL-2.0-or-later",
     "openclipart": "public-domain",
+    "gcompris": "per picture: public-domain, CC0-1.0, CC-BY-2.0/3.0 or CC-BY-SA-4.0 (see ATTRIBUTION.md)",
 }
 # Which package each image source comes from (for the manifest and attribution).
 IMAGE_SOURCE_PACKAGE = {
@@ -42,6 +44,7 @@ IMAGE_SOURCE_PACKAGE = {
     "fluent-color": "fluent-emoji",
     "tux": "tuxpaint-stamps",
     "openclipart": "openclipart",
+    "gcompris": "gcompris",
 }
 
 SKIN_TONES = {0x1F3FB, 0x1F3FC, 0x1F3FD, 0x1F3FE, 0x1F3FF}
@@ -73,6 +76,15 @@ class Concept:
     toned: bool = False
     texts: list[Text] = field(default_factory=list)
     jobs: list[tuple[str, RenderJob]] = field(default_factory=list)  # (image source, job)
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Who made a picture, under which licence, and where the original is."""
+
+    author: str
+    license: str  # SPDX-like; empty when the recorded licence is not one the dataset takes
+    source: str  # a URL, may be empty
 
 
 @dataclass
@@ -319,11 +331,16 @@ def openclipart_concepts(roots: dict[str, Path], skipped: list[Skipped]) -> list
     return concepts
 
 
-def all_concepts(roots: dict[str, Path]) -> tuple[list[Concept], list[Skipped]]:
+def all_concepts(roots: dict[str, Path]) -> tuple[list[Concept], list[Skipped], dict[str, Credit]]:
+    """Every concept, what was left out (with the reason), and the credit of each photo (by render-job key)."""
+    from ticor.dataset.gcompris import photo_concepts
+
     skipped: list[Skipped] = []
+    photos, credits = photo_concepts(roots, skipped)
     concepts = (
         emoji_concepts(roots, skipped)
         + tux_concepts(roots, skipped)
         + openclipart_concepts(roots, skipped)
+        + photos
     )
-    return concepts, skipped
+    return concepts, skipped, credits

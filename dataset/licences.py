@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from ticor.dataset import catalog
+from ticor.dataset.catalog import Credit
 from ticor.dataset.sources import SOURCES, Source, sha256_file
 
 
@@ -29,7 +31,9 @@ def write_licenses(out: Path, roots: dict[str, Path], used: set[str]) -> dict[st
     return shipped
 
 
-def attribution(counts: Counter) -> str:
+def attribution(counts: Counter, photos: Sequence[tuple[str, str, Credit]] = ()) -> str:
+    """The attribution file: a table of sources, their notices, and one line per photograph
+    (``photos``: path in the package, picture sha256, credit)."""
     lines = [
         "# Attribution",
         "",
@@ -61,4 +65,22 @@ def attribution(counts: Counter) -> str:
         "- **Unicode CLDR** – emoji names and keywords, Unicode License (DFS-2016).",
         "",
     ]
+    if photos:
+        lines += [
+            "## Photographs",
+            "",
+            "From the data of the GCompris educational suite (Debian `gcompris-qt-data`), padded to a",
+            "square and resized. Each photograph's author, licence and original, as the package's own",
+            "README files record them. The English and Chinese names and description sentences of the",
+            "explore activities are GCompris' texts (Chinese converted from Traditional to Simplified",
+            "with OpenCC's tables); the captions of the categorization and erase photos, and of the",
+            "musicians, were written for this dataset to say what each photo shows.",
+            "",
+            "| picture | in the package | author | licence | original |",
+            "|---|---|---|---|---|",
+        ]
+        for ref, digest, credit in photos:
+            author = credit.author.replace("|", "/")
+            lines.append(f"| `{digest[:12]}` | `{ref}` | {author} | {credit.license} | {credit.source} |")
+        lines.append("")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ticor.dataset import catalog
 from ticor.dataset.catalog import Concept
-from ticor.dataset.splits import stable_rng
+from ticor.dataset.splits import PHOTO_FAMILY, stable_rng
 from ticor.errors import BuildError
 from ticor.evaluation import norm_text
 
@@ -19,12 +19,13 @@ One JSON object per line:
   image       path of the picture relative to the dataset directory
   label       1 if the text describes the picture, else 0
   lang        "en" or "zh"
-  negative    null for positives, else "random" (another concept group) or
-              "hard" (a look-alike: same emoji subgroup or sibling, same Tux or clip-art folder)
+  negative    null for positives, else "random" (another concept group; for a photo's caption,
+              another photo) or "hard" (a look-alike: same emoji subgroup or sibling, same Tux
+              or clip-art folder, same GCompris activity board or folder)
   text_kind   "name", "keywords", "sentence" or "title"
-  family      "emoji", "tux" or "openclipart" (of the text's concept)
+  family      "emoji", "tux", "openclipart" or "photo" (of the text's concept)
   image_source  which source drew the picture (noto, openmoji, fluent-flat, fluent-color, tux,
-              openclipart)
+              openclipart) or took it (gcompris)
 Your own data needs only text, image and label (lang and negative are used in reports).
 """
 
@@ -60,6 +61,7 @@ def make_pairs(records: list[Record], split: str) -> tuple[list[dict], Counter]:
         for key in r.concept.hard_keys:
             by_hard[key].append(r)
         by_seed[r.concept.seed].append(r)
+    photos = [r for r in recs if r.concept.family == PHOTO_FAMILY]
     notes: Counter = Counter()
     pairs: list[dict] = []
     seen_texts: set[str] = set()
@@ -109,8 +111,10 @@ def make_pairs(records: list[Record], split: str) -> tuple[list[dict], Counter]:
                 add(t, r, img, 0, "hard")
                 return
             notes["hard negative unavailable, used random"] += 1
+        # a photo's caption is paired with another photo: the distractors a user's photo has are photos
+        pool_recs = photos if r.concept.family == PHOTO_FAMILY and len(photos) > 1 else recs
         for _ in range(1000):
-            o = recs[rng.randrange(len(recs))]
+            o = pool_recs[rng.randrange(len(pool_recs))]
             if o.group == r.group:
                 continue
             img = o.images[rng.randrange(len(o.images))]

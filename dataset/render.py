@@ -1,8 +1,11 @@
-"""Render one source picture (an emoji glyph, an SVG or a PNG) to a fixed-size RGB PNG.
+"""Render one source picture (an emoji glyph, an SVG, a PNG or a photograph) to a fixed-size RGB PNG.
 
-Every picture goes the same way: draw it as RGBA, crop to its visible content, centre it on a
-square with a small margin, resize to ``size`` with Lanczos, composite on the fixed background
-and encode as PNG with no metadata. Runs in worker processes; returns bytes or a skip reason.
+Drawings go the same way: draw as RGBA, crop to the visible content, centre on a square with a
+small margin, resize to ``size`` with Lanczos, composite on the fixed background. A photograph
+is never cropped: it is padded to a centred square with the background and resized with Lanczos,
+exactly what the runtime's :class:`~ticor.preprocess.ImageSpec` does to a user's photo, so the
+model trains on the pictures it will be given. Every result is encoded as PNG with no metadata.
+Runs in worker processes; returns bytes or a skip reason.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ticor.imaging import BACKGROUND, flatten, to_rgba
+from ticor.imaging import BACKGROUND, flatten, to_rgb, to_rgba
 
 RENDER_VERSION = 1
 MARGIN = 0.06  # fraction of the square left empty on each side
@@ -26,7 +29,7 @@ NOTO_PIXEL_SIZE = 109  # the only size the CBDT bitmap font loads at
 
 @dataclass(frozen=True)
 class RenderJob:
-    """What to draw: ``kind`` is 'glyph' (text in ``ref``), 'svg' or 'png' (a file path)."""
+    """What to draw: ``kind`` is 'glyph' (text in ``ref``), 'svg', 'png' or 'photo' (a file path)."""
 
     key: str  # stable identifier of this job (source and package-internal path)
     kind: str
@@ -98,6 +101,24 @@ def _draw_png(path: str) -> Image.Image:
         raise Skip(f"png decode failed: {type(exc).__name__}") from None
 
 
+def _draw_photo(path: str, size: int) -> Image.Image:
+    """A photograph (any format Pillow reads) padded to a centred square and resized, in RGB."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_SOURCE_PIXELS:
+                raise Skip("photo too large")
+            image.load()
+            rgb = to_rgb(image, BACKGROUND)
+    except Skip:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise Skip(f"photo decode failed: {type(exc).__name__}") from None
+    side = max(rgb.size)
+    square = Image.new("RGB", (side, side), BACKGROUND)
+    square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+    return square.resize((size, size), Image.Resampling.LANCZOS)
+
+
 def _square(rgba: Image.Image, size: int) -> Image.Image:
     box = rgba.getchannel("A").point(lambda a: 255 if a > ALPHA_VISIBLE else 0).getbbox()
     if box is None:
@@ -114,7 +135,9 @@ def _square(rgba: Image.Image, size: int) -> Image.Image:
 def render(job: RenderJob, size: int) -> RenderResult:
     """Render one job; never raises for a bad source file."""
     try:
-        if job.kind == "glyph":
+        if job.kind == "photo":
+            rgb = _draw_photo(job.ref, size)
+        elif job.kind == "glyph":
             rgba = _draw_glyph(job.ref, job.font)
         elif job.kind == "svg":
             rgba = _draw_svg(job.ref, size)
@@ -122,7 +145,8 @@ def render(job: RenderJob, size: int) -> RenderResult:
             rgba = _draw_png(job.ref)
         else:
             raise ValueError(f"unknown render kind {job.kind!r}")
-        rgb = flatten(_square(rgba, size), BACKGROUND)
+        if job.kind != "photo":
+            rgb = flatten(_square(rgba, size), BACKGROUND)
     except Skip as skip:
         return RenderResult(job.key, None, str(skip))
     except OSError as exc:

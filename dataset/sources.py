@@ -51,6 +51,12 @@ class Source:
         )
 
 
+# The GCompris activities whose photographs are taken (``ticor.dataset.gcompris``).
+GCOMPRIS_ACTIVITIES = ("explore_world_animals", "explore_farm_animals", "explore_monuments", "explore_world_music",
+                       "categorization", "erase")
+GCOMPRIS_RCC = "usr/share/gcompris-qt/rcc"
+GCOMPRIS_QM = "usr/share/gcompris-qt/translations/gcompris_zh_TW.qm"
+
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
@@ -127,6 +133,31 @@ SOURCES: dict[str, Source] = {
             sha256="ec892e607e854859b812c7d827801756adc19955b0ef56d4ae8afcddd19492c5",
             license="MIT",
             keep=("package/icons/flat/", "package/icons/modern/", "package/LICENSE"),
+            license_files=("package/LICENSE",),
+        ),
+        Source(
+            name="gcompris",
+            registry="debian",
+            package="gcompris-qt-data",
+            version="3.1-2",
+            filename="gcompris-qt-data_3.1-2_all.deb",
+            sha256="e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f",
+            license="per picture (in-rcc README): public domain, CC0-1.0, CC-BY-2.0/3.0, CC-BY-SA-4.0; "
+                    "texts GPL-3.0-or-later",
+            keep=tuple(f"{GCOMPRIS_RCC}/{a}.rcc" for a in GCOMPRIS_ACTIVITIES)
+            + (GCOMPRIS_QM, "usr/share/doc/gcompris-qt-data/copyright"),
+            license_files=("usr/share/doc/gcompris-qt-data/copyright",),
+        ),
+        Source(
+            name="opencc",
+            registry="npm",
+            package="opencc",
+            version="1.4.2",
+            filename="opencc-1.4.2.tgz",
+            sha256="5b5e89fb0aeb98963892203f3665611816b4c2e22b1131ee74ccba2976de4515",
+            license="Apache-2.0",
+            keep=("package/data/dictionary/TSCharacters.txt", "package/data/dictionary/TSPhrases.txt",
+                  "package/LICENSE"),
             license_files=("package/LICENSE",),
         ),
     )

@@ -15,6 +15,10 @@ from ticor.dataset.catalog import Concept
 from ticor.evaluation import SPLITS, norm_text
 
 SPLIT_TARGETS = {"train": 0.8, "val": 0.1, "test": 0.1}
+# Groups holding photographs are split on their own, by photo count: a third each, so the held-out
+# photos (val and test) number well over 150 and the photo rows of the reports mean something.
+PHOTO_SPLIT_TARGETS = {"train": 0.34, "val": 0.33, "test": 0.33}
+PHOTO_FAMILY = "photo"
 
 
 def stable_hash(*parts: str) -> str:
@@ -76,7 +80,25 @@ def group_concepts(concepts: list[Concept], images: dict[str, list[str]]) -> lis
     return group_of
 
 
-def assign_splits(group_sizes: dict[str, int]) -> dict[str, str]:
+def group_weights(concepts: list[Concept], group_of: list[str],
+                  images: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
+    """Per group: (concepts, photographs) -- what :func:`assign_splits` balances."""
+    weights: dict[str, tuple[int, int]] = {}
+    for c, gid in zip(concepts, group_of):
+        n, photos = weights.get(gid, (0, 0))
+        weights[gid] = (n + 1, photos + (len(images[c.key]) if c.family == PHOTO_FAMILY else 0))
+    return weights
+
+
+def assign_splits(weights: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """Groups with photographs by their photo count to :data:`PHOTO_SPLIT_TARGETS`, the others by
+    their concept count to :data:`SPLIT_TARGETS`."""
+    photo = {g: p for g, (_, p) in weights.items() if p}
+    rest = {g: n for g, (n, p) in weights.items() if not p}
+    return {**_fill(photo, PHOTO_SPLIT_TARGETS), **_fill(rest, SPLIT_TARGETS)}
+
+
+def _fill(group_sizes: dict[str, int], targets: dict[str, float]) -> dict[str, str]:
     """Biggest groups first, each to the split furthest below its target share."""
     assigned = dict.fromkeys(SPLITS, 0)
     total = 0
@@ -84,7 +106,7 @@ def assign_splits(group_sizes: dict[str, int]) -> dict[str, str]:
     for gid in sorted(group_sizes, key=lambda g: (-group_sizes[g], stable_hash("split", g))):
         size = group_sizes[gid]
         total += size
-        best = max(SPLITS, key=lambda s: (SPLIT_TARGETS[s] * total - assigned[s], -SPLITS.index(s)))
+        best = max(SPLITS, key=lambda s: (targets[s] * total - assigned[s], -SPLITS.index(s)))
         split_of[gid] = best
         assigned[best] += size
     return split_of

@@ -98,7 +98,7 @@ def test_pairs_are_balanced_and_cover_languages_and_kinds(fixture_data: Path) ->
     hard = sum(p["negative"] == "hard" for p in rows)
     assert 0.3 < hard / (len(rows) - pos) <= 0.5 + 1e-9
     assert {p["lang"] for p in rows} == {"en", "zh"}
-    assert {p["family"] for p in rows} == {"emoji", "tux", "openclipart"}
+    assert {p["family"] for p in rows} == {"emoji", "tux", "openclipart", "photo"}
 
 
 def test_no_output_path_or_id_carries_the_answer(fixture_data: Path) -> None:
