@@ -376,6 +376,7 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
             f"(needs {MIN_AGREEMENT:.0%}). Failing on its own: {which}. Nothing was written.")
 
     # write the bundle
+    val_scores, val_rank = emb_cache.scores(chosen_graphs, "val", with_rank=True)
     final = work / "bundle"
     final.mkdir()
     for part in BRANCHES:
@@ -385,9 +386,9 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
         m, precision=precision, model_version=m.model_version.replace("-fp32-", f"-{precision}-"),
         created_by=f"ticor {__version__} quantize", threshold=chosen["threshold"],
         threshold_source="the fp32 bundle's share of positive decisions on the val split, re-fitted after quantization",
-        metrics={"test": evaluate(ds.pairs["test"], test_scores, chosen["threshold"], rank)}, validation=None,
-        operating_curve=OperatingCurve("val", tuple(operating_curve(emb_cache.scores(chosen_graphs, "val")[0],
-                                                                    ys["val"]))),
+        metrics={"val": evaluate(ds.pairs["val"], val_scores, chosen["threshold"], val_rank),
+                 "test": evaluate(ds.pairs["test"], test_scores, chosen["threshold"], rank)}, validation=None,
+        operating_curve=OperatingCurve("val", tuple(operating_curve(val_scores, ys["val"]))),
         quantization=Quantization(
             source_model_version=m.model_version, source_files=m.files, asked=asked, branches=chosen["graphs"],
             recipe=recipe, calibration=calib_info, chosen=chosen["variant"], table=table, gate=gate,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ticor.errors import UsageError
+from ticor.metrics import Rank, rank_families
 
 SPLITS = ("train", "val", "test")
 
@@ -112,7 +113,7 @@ def retrieval_truth(ds: Dataset, texts: list[str], images: list[str]) -> list[se
 
 def split_scores(ds: Dataset, split: str, tv: np.ndarray, iv: np.ndarray, head_fn: HeadFn,
                  with_rank: bool = False, rows: list[dict[str, Any]] | None = None,
-                 chunk: int = 64) -> tuple[np.ndarray, tuple[np.ndarray, list[set[int]]] | None]:
+                 chunk: int = 64) -> tuple[np.ndarray, Rank | None]:
     """Pair scores of ``rows`` (default: the whole split) and, with ``with_rank``, the ranking
     matrix and its truth, from embeddings of ``ds.split_texts(split)`` and
     ``ds.split_images(split)`` (or of the texts and pictures of ``rows``, when given)."""
@@ -120,5 +121,6 @@ def split_scores(ds: Dataset, split: str, tv: np.ndarray, iv: np.ndarray, head_f
     texts = ds.split_texts(split) if rows is ds.pairs[split] else sorted({r["text"] for r in rows})
     images = ds.split_images(split) if rows is ds.pairs[split] else sorted({r["image"] for r in rows})
     scores = pair_scores(head_fn, rows, texts, tv, images, iv)
-    rank = (rank_matrix(head_fn, tv, iv, chunk=chunk), retrieval_truth(ds, texts, images)) if with_rank else None
+    rank = ((rank_matrix(head_fn, tv, iv, chunk=chunk), retrieval_truth(ds, texts, images),
+             *rank_families(rows, texts, images)) if with_rank else None)
     return scores, rank

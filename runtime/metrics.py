@@ -1,8 +1,10 @@
 """Matching metrics in plain numpy: shared by training, export, quantization and benchmarks.
 
 ``evaluate`` takes a split's pair scores (one probability per pair) plus the pair rows and
-returns accuracy, precision, recall and F1 at a threshold, ROC-AUC, the same per language
-and per negative kind, and, when given a text-by-image score matrix, text-to-image recall@k.
+returns accuracy, precision, recall and F1 at a threshold, ROC-AUC, the same per language,
+per negative kind and per family (the dataset's rows say which: emoji, tux, openclipart, photo),
+and, when given a text-by-image score matrix, text-to-image recall@k (overall, and per family
+among that family's own pictures: a photo caption against the split's photos).
 """
 
 from __future__ import annotations
@@ -73,13 +75,27 @@ def recall_at_k(
     return out
 
 
+Rank = tuple[Any, ...]  # (matrix [texts, pictures], truth per text[, text families, picture families])
+
+
+def rank_families(rows: Sequence[dict[str, Any]], texts: Sequence[str], images: Sequence[str]
+                  ) -> tuple[list[str | None], list[str | None]]:
+    """The family of each ranked text (its rows') and picture (that of the captions it matches),
+    from pair rows with ``text``, ``image``, ``label`` and ``family``."""
+    text_family = {r["text"]: r.get("family") for r in rows}
+    image_family = {r["image"]: r.get("family") for r in rows if int(r["label"]) == 1}
+    return [text_family.get(t) for t in texts], [image_family.get(p) for p in images]
+
+
 def evaluate(
     rows: Sequence[dict[str, Any]],
     scores: np.ndarray,
     threshold: float,
-    rank: tuple[np.ndarray, Sequence[set[int]]] | None = None,
+    rank: Rank | None = None,
 ) -> dict[str, Any]:
-    """Metrics over pair ``rows`` (``label``, optional ``lang`` and ``negative``) and scores."""
+    """Metrics over pair ``rows`` (``label``, optional ``lang``, ``negative`` and ``family``) and
+    scores; ``rank``: the caption-by-picture score matrix, each caption's matching columns and,
+    optionally, the families of its rows and columns (:func:`rank_families`), for recall@k."""
     scores = np.asarray(scores, dtype=np.float64)
     if len(rows) != len(scores):
         raise ValueError(f"{len(rows)} pairs but {len(scores)} scores")
@@ -95,11 +111,34 @@ def evaluate(
         # positives against this kind of negative only
         sel = np.array([r["label"] == 1 or r.get("negative") == kind for r in rows])
         out["by_negative"][kind] = _block(labels[sel], scores[sel], threshold)
+    families = sorted({str(r["family"]) for r in rows if r.get("family")})
+    if families:
+        out["by_family"] = {}
+        for fam in families:
+            sel = np.array([r.get("family") == fam for r in rows])
+            out["by_family"][fam] = _block(labels[sel], scores[sel], threshold)
     if rank is not None:
         out["retrieval"] = recall_at_k(rank[0], rank[1])
         out["retrieval"]["texts"] = int(rank[0].shape[0])
         out["retrieval"]["images"] = int(rank[0].shape[1])
+        if families and len(rank) == 4:
+            _family_retrieval(rank, out["by_family"])
     return out
+
+
+def _family_retrieval(rank: Rank, blocks: dict[str, dict[str, Any]]) -> None:
+    """Recall@k of each family's captions among that family's own pictures."""
+    text_family, image_family = rank[2], rank[3]
+    for fam, block in blocks.items():
+        ti = [i for i, f in enumerate(text_family) if f == fam]
+        ii = [j for j, f in enumerate(image_family) if f == fam]
+        col = {j: k for k, j in enumerate(ii)}
+        truth = [{col[j] for j in rank[1][i] if j in col} for i in ti]
+        keep = [k for k, t in enumerate(truth) if t]
+        if len(ii) < 2 or not keep:
+            continue
+        sub = rank[0][np.ix_([ti[k] for k in keep], ii)]
+        block["retrieval"] = {**recall_at_k(sub, [truth[k] for k in keep]), "texts": len(keep), "images": len(ii)}
 
 
 def _block(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -109,7 +148,8 @@ def _block(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str
 def table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """A plain-text table, one line per named result of :func:`evaluate`."""
     head = (f"{'model':<34} {'acc':>6} {'prec':>6} {'rec':>6} {'F1':>6} {'AUC':>6} "
-            f"{'F1 en':>6} {'F1 zh':>6} {'AUC rnd':>7} {'AUC hard':>8} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
+            f"{'F1 en':>6} {'F1 zh':>6} {'AUC rnd':>7} {'AUC hard':>8} {'R@1':>6} {'R@5':>6} {'R@10':>6} "
+            f"{'photo F1':>8} {'photo AUC':>9} {'photo R@1':>9}")
     lines = [head, "-" * len(head)]
 
     def f(x: Any) -> str:
@@ -120,10 +160,13 @@ def table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
         lang = m.get("by_lang", {})
         neg = m.get("by_negative", {})
         ret = m.get("retrieval", {})
+        photo = m.get("by_family", {}).get("photo", {})
         lines.append(
             f"{name:<34} {f(o['accuracy'])} {f(o['precision'])} {f(o['recall'])} {f(o['f1'])} "
             f"{f(o['roc_auc'])} {f(lang.get('en', {}).get('f1'))} {f(lang.get('zh', {}).get('f1'))} "
             f"{f(neg.get('random', {}).get('roc_auc')):>7} {f(neg.get('hard', {}).get('roc_auc')):>8} "
-            f"{f(ret.get('recall@1'))} {f(ret.get('recall@5'))} {f(ret.get('recall@10'))}"
+            f"{f(ret.get('recall@1'))} {f(ret.get('recall@5'))} {f(ret.get('recall@10'))} "
+            f"{f(photo.get('f1')):>8} {f(photo.get('roc_auc')):>9} "
+            f"{f(photo.get('retrieval', {}).get('recall@1')):>9}"
         )
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 A pair file (CSV, TSV, JSONL or Parquet, read by :mod:`ticor.tables`) has ``text``, ``image``
 and ``label`` columns (1/0, true/false) and optionally ``lang``, ``negative`` (the kind of a
-non-matching pair: ``random``, ``hard``...), a ``group`` column and any slice columns.
+non-matching pair: ``random``, ``hard``...), ``family`` (the caption's domain, e.g. ``photo``:
+reported apart, with recall@k among that family's own pictures), a ``group`` column and any
+slice columns.
 
 - :func:`read_labelled` reads it; a row with no text, no picture or a label that is not 0/1
   is *excluded* with its reason, never a crash.
@@ -39,7 +41,7 @@ from ticor.calibration import expected_calibration_error, reliability
 from ticor.errors import InputError, UsageError
 from ticor.evaluation import norm_text, rank_matrix
 from ticor.inputs import clean_text
-from ticor.metrics import at_threshold, best_threshold, evaluate, roc_auc
+from ticor.metrics import Rank, at_threshold, best_threshold, evaluate, rank_families, roc_auc
 from ticor.tables import Columns, check_header, input_format, read_rows
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class LabelledPair:
     label: int
     lang: str | None = None
     negative: str | None = None
+    family: str | None = None
     group: str | None = None
     text_groups: tuple[str, ...] = ()
     slices: dict[str, str] = field(default_factory=dict)
@@ -124,7 +127,7 @@ def read_labelled(path: str, cols: Columns | None = None, image_root: Path | Non
     fmt = input_format(path)
     check_header(path, fmt, cols)
     groups = [c for c in (group_col, text_group_col) if c]
-    extra = tuple(dict.fromkeys((label_col, "lang", "negative", *slice_cols, *groups)))
+    extra = tuple(dict.fromkeys((label_col, "lang", "negative", "family", *slice_cols, *groups)))
     reader_cols = Columns(text=cols.text, image=cols.image, id=cols.id, extra=extra)
     pairs: list[LabelledPair] = []
     excluded: list[Excluded] = []
@@ -154,7 +157,7 @@ def read_labelled(path: str, cols: Columns | None = None, image_root: Path | Non
         pairs.append(LabelledPair(
             row=r.index + 1, id=r.id, text=text, image=str(r.image), label=label,
             lang=_value(r.fields.get("lang")), negative=_value(r.fields.get("negative")),
-            group=_value(r.fields.get(group_col)) if group_col else None,
+            family=_value(r.fields.get("family")), group=_value(r.fields.get(group_col)) if group_col else None,
             text_groups=_values(r.fields.get(text_group_col)) if text_group_col else (),
             slices={c: v for c in slice_cols if (v := _value(r.fields.get(c))) is not None}))
     if n and not saw_label:
@@ -177,7 +180,7 @@ class Scored:
     pairs: list[LabelledPair]
     scores: np.ndarray
     excluded: list[Excluded]
-    rank: tuple[np.ndarray, list[set[int]]] | None
+    rank: Rank | None
     rank_note: str | None
     texts: list[str]
     images: list[str]
@@ -267,12 +270,14 @@ def score_labelled(matcher: Matcher | Embedder, pf: PairFile, with_rank: bool = 
                     f"{max_rank_pairs:,} head calls")
         else:
             matrix = rank_matrix(matcher.head, tv[ranked], iv, chunk=max(1, 65536 // len(good_images)))
-            rank = (matrix, [truth[i] for i in ranked])
+            rows = [{"text": p.text, "image": p.image, "label": p.label, "family": p.family} for p in kept]
+            rank = (matrix, [truth[i] for i in ranked], *rank_families(rows, [texts[i] for i in ranked], good_images))
     return Scored(kept, scores, excluded, rank, note, texts, good_images)
 
 
 def _rows(pairs: Sequence[LabelledPair]) -> list[dict[str, Any]]:
-    return [{"label": p.label, "lang": p.lang, "negative": p.negative} for p in pairs]
+    return [{"text": p.text, "image": p.image, "label": p.label, "lang": p.lang, "negative": p.negative,
+             "family": p.family} for p in pairs]
 
 
 def metrics_at(scored: Scored, threshold: float, slice_cols: Sequence[str] = ()) -> dict[str, Any]:
@@ -382,6 +387,8 @@ def format_report(r: dict[str, Any]) -> str:
         row(f"lang={lang}", blk)
     for kind, blk in mt.get("by_negative", {}).items():
         row(f"negative={kind} (+matching)", blk)
+    for fam, blk in mt.get("by_family", {}).items():
+        row(f"family={fam}", blk)
     for col, values in mt.get("by_slice", {}).items():
         for v, blk in values.items():
             row(f"{col}={v}"[:28], blk)
@@ -390,6 +397,12 @@ def format_report(r: dict[str, Any]) -> str:
     if ret:
         lines.append(f"caption→picture recall@1 {ret['recall@1']:.3f}  @5 {ret['recall@5']:.3f}  "
                      f"@10 {ret['recall@10']:.3f}  ({ret['texts']} captions × {ret['images']} pictures)")
+        for fam, blk in mt.get("by_family", {}).items():
+            fr = blk.get("retrieval")
+            if fr:
+                lines.append(f"  family={fam}: recall@1 {fr['recall@1']:.3f}  @5 {fr['recall@5']:.3f}  "
+                             f"@10 {fr['recall@10']:.3f} among its own {fr['images']} pictures "
+                             f"({fr['texts']} captions)")
     else:
         lines.append(f"caption→picture recall@k: {r['retrieval_note']}")
     cal = r.get("calibration")

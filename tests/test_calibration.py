@@ -124,4 +124,4 @@ def test_a_resumed_score_run_keeps_its_threshold(fp32_bundle: Path, tmp_path: Pa
               check=False)
     assert r.returncode == 2 and "threshold" in r.stderr and not out.exists()
     ticor("score", str(inp), "-o", str(out), "--bundle", str(fp32_bundle), "--no-cache")  # the same threshold resumes
-    assert len(out.read_text().splitlines()) == 12
+    assert len(out.read_text().splitlines()) == 16

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.conftest import FIXTURE_DATA, read_jsonl
 from ticor.errors import UsageError
-from ticor.metrics import at_threshold, best_threshold, evaluate, recall_at_k, roc_auc
+from ticor.metrics import at_threshold, best_threshold, evaluate, rank_families, recall_at_k, roc_auc
 from ticor.preprocess import ImageSpec, TextSpec, image_array, load_image
 
 
@@ -60,6 +60,35 @@ def test_evaluate_splits_by_language_and_negative_kind() -> None:
     assert m["by_negative"]["hard"]["roc_auc"] == 0.0  # the hard negative outranks both positives
     assert m["by_negative"]["random"]["roc_auc"] == 1.0
     assert m["by_lang"]["zh"]["f1"] == 1.0 and m["by_lang"]["en"]["precision"] == 0.5
+
+
+def test_evaluate_reports_each_family_and_its_own_retrieval() -> None:
+    # two photo captions and one emoji caption; pictures p1, p2 (photos), e1 (emoji)
+    rows = [
+        {"text": "a hammer", "image": "p1", "label": 1, "family": "photo", "lang": "en", "negative": None},
+        {"text": "a hammer", "image": "p2", "label": 0, "family": "photo", "lang": "en", "negative": "random"},
+        {"text": "a fish", "image": "p2", "label": 1, "family": "photo", "lang": "en", "negative": None},
+        {"text": "a fish", "image": "p1", "label": 0, "family": "photo", "lang": "en", "negative": "hard"},
+        {"text": "cat face", "image": "e1", "label": 1, "family": "emoji", "lang": "en", "negative": None},
+        {"text": "cat face", "image": "p1", "label": 0, "family": "emoji", "lang": "en", "negative": "random"},
+    ]
+    scores = np.array([0.9, 0.2, 0.4, 0.6, 0.8, 0.1])
+    # rows: sorted texts (a fish, a hammer, cat face); columns: sorted pictures (e1, p1, p2)
+    matrix = np.array([[0.9, 0.6, 0.4],   # "a fish": e1 (an emoji) beats its photo p2, and so does p1
+                       [0.1, 0.9, 0.2],   # "a hammer": p1 first
+                       [0.8, 0.1, 0.0]])  # "cat face": e1 first
+    truth = [{2}, {1}, {0}]
+    families = rank_families(rows, ["a fish", "a hammer", "cat face"], ["e1", "p1", "p2"])
+    assert families == (["photo", "photo", "emoji"], ["emoji", "photo", "photo"])
+    m = evaluate(rows, scores, 0.5, (matrix, truth, *families))
+    photo = m["by_family"]["photo"]
+    assert photo["n"] == 4 and photo["roc_auc"] == pytest.approx(0.75)
+    assert m["by_family"]["emoji"]["roc_auc"] == 1.0
+    # among the photos only (p1, p2): "a hammer" finds p1 first, "a fish" finds p1 before p2
+    assert photo["retrieval"]["recall@1"] == pytest.approx(0.5)
+    assert photo["retrieval"]["images"] == 2 and photo["retrieval"]["texts"] == 2
+    assert m["retrieval"]["recall@1"] == pytest.approx(2 / 3)
+    assert "retrieval" not in m["by_family"]["emoji"]  # one emoji picture: nothing to rank
 
 
 def test_fixture_pictures_pass_through_unchanged_in_geometry() -> None:

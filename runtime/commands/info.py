@@ -92,6 +92,17 @@ def describe(m: Manifest, verified: bool) -> str:
         if m.training is not None and m.training.baseline_test:
             rows.append(("article baseline (frozen concat)", m.training.baseline_test))
         lines += ["", "test split metrics (threshold from val)", table(rows)]
+        photo_lines = []
+        for split in ("val", "test"):
+            p = m.metrics.get(split, {}).get("by_family", {}).get("photo")
+            if p:
+                r = p.get("retrieval", {})
+                found = (f"caption->photo R@1 {r['recall@1']:.3f}, R@5 {r['recall@5']:.3f} ({r['texts']} captions "
+                         f"among {r['images']} photos), " if r else "")
+                photo_lines.append(f"  {split:<5} {found}ROC-AUC {p['roc_auc']:.3f}, F1 {p['f1']:.3f} "
+                                   f"(precision {p['precision']:.3f}, recall {p['recall']:.3f}; {p['n']} pairs)")
+        if photo_lines:
+            lines += ["", "photos (held-out photographs, captions in en and zh)", *photo_lines]
     c = m.score_calibration
     if c is not None and c.note:
         lines += ["", f"calibration none: {c.note}"]
