@@ -52,7 +52,7 @@ from ticor.metrics import evaluate
 from ticor.preprocess import ImageSpec, TextSpec, Vocabulary, encode_texts, load_image, load_tokenizer
 from ticor.sessions import plain_cpu_session
 from ticor.training.checkpoint import load_trained
-from ticor.training.model import PRESETS, MatchModel, load_backbones
+from ticor.training.model import PRESETS, MatchModel, Preset, load_backbones
 from ticor.training.train import LOG_FILE, TRAINED_FILE
 
 ATOL = 1e-4  # embeddings are unit vectors, probabilities in [0, 1]
@@ -81,6 +81,12 @@ def _compare(part: str, got: np.ndarray, want: np.ndarray, atol: float = ATOL) -
     if diff > atol:
         raise ExportValidationError(f"{part}: largest difference to torch {diff:.3g} exceeds {atol:g}")
     return diff
+
+
+def image_encoder(preset: Preset) -> str:
+    """The manifest's name for the image branch's design."""
+    return (f"mobilenet_v2 + ConSE (top-{preset.conse_top_k} ImageNet classes)" if preset.conse_top_k
+            else "mobilenet_v2")
 
 
 def validate(model: MatchModel, folder: Path, ds: Dataset, tokenizer_path: Path) -> dict[str, Any]:
@@ -284,7 +290,7 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False, t
         def head_fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return head.run([HEAD_OUTPUT], {HEAD_INPUTS[0]: a, HEAD_INPUTS[1]: b})[0]
 
-        val_scores, _ = split_scores(ds, "val", *emb["val"], head_fn)
+        val_scores, val_rank = split_scores(ds, "val", *emb["val"], head_fn, with_rank=True)
         test_scores, rank = split_scores(ds, "test", *emb["test"], head_fn, with_rank=True)
         val_y = np.array([r["label"] for r in ds.pairs["val"]])
         bert = model.text.bert.config
@@ -296,11 +302,11 @@ def export(run_dir: Path, out: Path, force: bool = False, quiet: bool = False, t
             text_spec=preset.text_spec, image_spec=preset.image_spec, threshold=threshold,
             threshold_source=f"{log['threshold_source']}, mapped through the calibration", tokenizer=TOKENIZER,
             architecture=Architecture(text_layers=bert.num_hidden_layers, text_hidden_size=bert.hidden_size,
-                                      text_num_heads=bert.num_attention_heads, image_encoder="mobilenet_v2"),
+                                      text_num_heads=bert.num_attention_heads, image_encoder=image_encoder(preset)),
             dataset=DataRecord(log["dataset"]["dataset_sha256"], log["dataset"]["pairs"]),
             base_weights=tuple(log["base_weights"]),
             source={"trained_sha256": trained_sha, "train_key": log["key"]}, validation=validation,
-            metrics={"val": evaluate(ds.pairs["val"], val_scores, threshold),
+            metrics={"val": evaluate(ds.pairs["val"], val_scores, threshold, val_rank),
                      "test": evaluate(ds.pairs["test"], test_scores, threshold, rank)},
             training=TrainingRecord(log["steps"], log["epochs"], log["seconds"], log["config"],
                                     log["baseline_test"]),

@@ -350,3 +350,22 @@ def test_mobilenet_classifies_real_photos(
     with torch.no_grad():
         top = mobilenet(x).argmax(-1).tolist()
     assert dict(zip(expected, top)) == expected
+
+
+def test_imagenet_names_are_read_as_text_never_run(tmp_path: Path) -> None:
+    from ticor.errors import SourceError
+    from ticor.training.imagenet import imagenet_names
+
+    names = imagenet_names()  # the pinned file out of the pinned torchvision wheel
+    assert len(names) == 1000 and names[0] == "tench" and names[-1] == "toilet tissue"
+    assert names[281] == "tabby"
+    from ticor.training.weights import fetch
+
+    source = fetch("torchvision-imagenet-names").read_text(encoding="utf-8")
+    trap = tmp_path / "_meta.py"
+    trap.write_text("raise SystemExit('executed')\n" + source, encoding="utf-8")
+    assert imagenet_names(trap) == names  # parsed, not executed
+    short = tmp_path / "short.py"
+    short.write_text("_IMAGENET_CATEGORIES = ['tench', 'goldfish']\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="1000"):
+        imagenet_names(short)

@@ -49,6 +49,27 @@ def test_train_writes_weights_log_and_threshold(run_dir: Path) -> None:
     assert (run_dir / "trained.safetensors").stat().st_size < 60e6
 
 
+def test_the_conse_table_is_the_class_names_and_is_exported(run_dir: Path, bundle: Path) -> None:
+    import onnx
+    from safetensors.torch import load_file
+
+    from ticor.training.imagenet import imagenet_names
+
+    table = load_file(str(run_dir / "trained.safetensors"))["image.conse.class_text"]
+    assert table.shape == (1000, 384)
+    assert torch.allclose(table.norm(dim=-1), torch.ones(1000), atol=1e-5)
+    # row k is class k's name through the pretrained text encoder: "tabby" is nearer "tiger cat" than "airliner"
+    names = imagenet_names()
+    cos = table @ table[names.index("tabby")]
+    assert cos[names.index("tiger cat")] > cos[names.index("airliner")] + 0.05
+    graph = onnx.load(str(bundle / "image.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"TopK", "Softmax", "Gather"} <= ops
+    # the exported table is the trained file's (a constant of the graph)
+    consts = [onnx.numpy_helper.to_array(t) for t in graph.initializer if tuple(t.dims) == (1000, 384)]
+    assert len(consts) == 1 and np.allclose(consts[0], table.numpy())
+
+
 def test_second_train_reuses_the_run(run_dir: Path) -> None:
     before = (run_dir / "trained.safetensors").stat().st_mtime_ns
     r = ticor("train", "--data", str(FIXTURE_DATA), "--out", str(run_dir), *STEPS)
@@ -108,7 +129,7 @@ def test_export_writes_a_complete_verified_bundle(bundle: Path) -> None:
     assert d["image"]["spec"]["size"] == 128 and d["image"]["spec"]["background"] == [255, 255, 255]
     assert d["text"]["spec"]["prefix"] == "query: "
     assert d["architecture"] == {"text_layers": 12, "text_hidden_size": 384, "text_num_heads": 12,
-                                 "image_encoder": "mobilenet_v2"}
+                                 "image_encoder": "mobilenet_v2 + ConSE (top-10 ImageNet classes)"}
     assert d["data"]["dataset_sha256"] == json.loads((FIXTURE_DATA / "manifest.json").read_text())[
         "dataset_sha256"]
     for part, diff in d["validation"]["max_abs_diff"].items():

@@ -18,9 +18,12 @@ class Batches:
 
     WINDOW = 32
 
-    def __init__(self, ds: Dataset, tf: TextFeatures, imf: ImageFeatures, batch: int, seed: int) -> None:
+    def __init__(self, ds: Dataset, tf: TextFeatures, imf: ImageFeatures, batch: int, seed: int,
+                 photo_repeat: int = 1) -> None:
         rows = ds.pairs["train"]
-        self.pos = [(tf.index[r["text"]], imf.index[r["image"]]) for r in rows if r["label"] == 1]
+        # photos are a small share of the train pairs: each photo positive counts photo_repeat times an epoch
+        self.pos = [(tf.index[r["text"]], imf.index[r["image"]]) for r in rows if r["label"] == 1
+                    for _ in range(photo_repeat if r.get("family") == "photo" else 1)]
         self.lengths = (tf.offsets[1:] - tf.offsets[:-1]).tolist()
         self.hard: dict[int, list[int]] = {}
         for r in rows:

@@ -24,6 +24,11 @@ def _trainable_names(model: MatchModel) -> list[str]:
     return [n for n, p in model.named_parameters() if id(p) in wanted]
 
 
+def trained_file_state(model: MatchModel) -> dict[str, torch.Tensor]:
+    """What ``trained.safetensors`` holds: the trained weights and the buffers training made."""
+    return {**trainable_state(model), **{k: v.detach().clone() for k, v in model.stored_buffers().items()}}
+
+
 def trainable_state(model: MatchModel) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     return {n: params[n].detach().clone() for n in _trainable_names(model)}
@@ -82,9 +87,12 @@ def load_checkpoint(path: Path, model: MatchModel, opt: torch.optim.Optimizer, k
 def load_trained(model: MatchModel, path: Path) -> None:
     """Overlay the trained weights (``trained.safetensors``) on the pretrained backbones."""
     tensors = load_file(str(path))
-    missing = set(_trainable_names(model)) - set(tensors)
-    unknown = set(tensors) - set(dict(model.named_parameters()))
+    buffers = model.stored_buffers()
+    missing = (set(_trainable_names(model)) | set(buffers)) - set(tensors)
+    unknown = set(tensors) - set(dict(model.named_parameters())) - set(buffers)
     if missing or unknown:
         raise UsageError(f"{path} does not fit this preset (missing {sorted(missing)[:3]}, "
                          f"unknown {sorted(unknown)[:3]})")
-    assign(model, tensors)
+    assign(model, {k: v for k, v in tensors.items() if k not in buffers})
+    for name, buf in buffers.items():
+        buf.copy_(tensors[name])

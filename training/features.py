@@ -47,6 +47,7 @@ class ImageFeatures:
     index: dict[str, int]
     trunk: torch.Tensor  # [N, C, h, w]
     pooled: torch.Tensor  # [N, 1280] frozen CNN's pooled output (baseline input)
+    conse: torch.Tensor | None = None  # [N, text_dim] ConSE vectors (frozen parts only), see conse_features
 
 
 def _key(parts: dict) -> str:
@@ -133,3 +134,29 @@ def image_features(branch: Any, spec: ImageSpec, root: Path, images: list[str], 
     trunk, pool = torch.cat(trunks), torch.cat(pooled)
     _store(path, key, {"trunk": trunk, "pooled": pool}, {"images": len(images)})
     return ImageFeatures(images, {p: i for i, p in enumerate(images)}, trunk, pool)
+
+
+@torch.no_grad()
+def fill_conse_table(model: Any, tokenizer_path: Path, spec: TextSpec, cache: Path, text_weights_id: str) -> None:
+    """The model's ConSE table: the ImageNet class names through its (pretrained) text encoder,
+    mean-pooled, L2-normalised."""
+    from ticor.training.imagenet import imagenet_names
+
+    tf = text_features(model.text, tokenizer_path, spec, imagenet_names(), cache, text_weights_id, quiet=True)
+    model.image.conse.class_text.copy_(torch.nn.functional.normalize(tf.pooled, dim=-1))
+
+
+@torch.no_grad()
+def conse_features(model: Any, tokenizer_path: Path, spec: TextSpec, imf: ImageFeatures, cache: Path,
+                   text_weights_id: str, quiet: bool = False) -> None:
+    """Fill the model's ConSE table and ``imf.conse`` (each picture's ConSE vector, from its cached
+    trunk output through the frozen top copy and classifier: exact, so computed once)."""
+    fill_conse_table(model, tokenizer_path, spec, cache, text_weights_id)
+    model.image.conse.eval()
+    bar = Progress("ticor train: ConSE vectors", len(imf.images), quiet)
+    out = []
+    for start in range(0, len(imf.images), 512):
+        out.append(model.image.conse(imf.trunk[start : start + 512]))
+        bar.update(min(len(imf.images), start + 512))
+    bar.close()
+    imf.conse = torch.cat(out)

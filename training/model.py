@@ -2,8 +2,15 @@
 
 - :class:`TextBranch`: BERT -> mean pooling over the attention mask -> linear projection ->
   L2 normalisation. ``input_ids``/``attention_mask`` in, ``text_embedding`` out.
-- :class:`ImageBranch`: MobileNetV2 features -> global average pooling -> linear projection ->
-  L2 normalisation. ``pixel_values`` in, ``image_embedding`` out.
+- :class:`ImageBranch`: MobileNetV2 features -> global average pooling -> linear projection,
+  plus (``Preset.conse_top_k``) a projection of the picture's ConSE vector -> L2 normalisation.
+  ``pixel_values`` in, ``image_embedding`` out. The ConSE vector (Norouzi et al. 2014) carries
+  what ImageNet knows into the text side: the pretrained top of MobileNetV2 (a frozen copy, so
+  its knowledge does not drift while the top is fine-tuned) and its own ImageNet classifier
+  give 1,000 class probabilities; the mean of the class names' text embeddings (the pretrained
+  text encoder's), weighted by the top-k probabilities, is that vector. Its projection starts
+  as a copy of the text projection, so a picture starts near the words for what ImageNet sees
+  in it.
 - :class:`FusionHead`: both embeddings -> match probability. The logit is a learned affine
   map of the cosine plus a small MLP over the elementwise product (its last layer starts at
   zero, so training starts from the pure cosine matcher).
@@ -15,6 +22,7 @@ only the top per step. ``forward`` always runs trunk and top, which is what gets
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +44,8 @@ class Preset:
     image_spec: ImageSpec
     embed_dim: int = 256
     head_hidden: int = 64
+    #: ImageNet classes whose names make the picture's ConSE vector (0: no ConSE input).
+    conse_top_k: int = 10
     #: Scripts the exported text branch's vocabulary keeps (``ticor.export.vocab``; empty: all of it).
     #: Applied at export only: training sees the whole vocabulary.
     vocabulary: tuple[str, ...] = ()
@@ -113,8 +123,28 @@ class TextBranch(nn.Module):
         )
 
 
+class ConSE(nn.Module):
+    """Picture -> ConSE vector: a frozen copy of the pretrained top blocks and the ImageNet
+    classifier give class probabilities; the top-k of them weight the class names' text
+    embeddings (``class_text``, ``[1000, text_dim]``, L2-normalised; filled by training and
+    stored with the trained weights)."""
+
+    def __init__(self, top: nn.Module, classifier: nn.Linear, text_dim: int, k: int) -> None:
+        super().__init__()
+        self.top = copy.deepcopy(top)
+        self.classifier = copy.deepcopy(classifier)
+        self.k = k
+        self.register_buffer("class_text", torch.zeros(classifier.out_features, text_dim))
+
+    def forward(self, trunk_out: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.classifier(self.top(trunk_out).mean(dim=(2, 3))), dim=-1)
+        w, idx = torch.topk(p, self.k, dim=-1)
+        return (w.unsqueeze(-1) * self.class_text[idx]).sum(1) / w.sum(-1, keepdim=True)
+
+
 class ImageBranch(nn.Module):
-    def __init__(self, cnn: nn.Module, embed_dim: int, trainable_blocks: int) -> None:
+    def __init__(self, cnn: nn.Module, embed_dim: int, trainable_blocks: int, conse_top_k: int = 0,
+                 text_dim: int = 0) -> None:
         super().__init__()
         n = len(cnn.features)
         if not 0 <= trainable_blocks <= n:
@@ -122,6 +152,10 @@ class ImageBranch(nn.Module):
         self.features = cnn.features
         self.split = n - trainable_blocks
         self.proj = nn.Linear(cnn.features[-1][0].out_channels, embed_dim)
+        self.conse: ConSE | None = None
+        if conse_top_k:
+            self.conse = ConSE(cnn.features[self.split :], cnn.classifier[-1], text_dim, conse_top_k)
+            self.conse_proj = nn.Linear(text_dim, embed_dim)
 
     def trunk(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.features[: self.split](pixel_values)
@@ -130,14 +164,20 @@ class ImageBranch(nn.Module):
         """The top blocks on trunk outputs, average-pooled (before training: the CNN's own features)."""
         return self.features[self.split :](trunk_out).mean(dim=(2, 3))
 
-    def top(self, trunk_out: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.proj(self.pooled_final(trunk_out)), dim=-1)
+    def top(self, trunk_out: torch.Tensor, conse: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding from trunk outputs (``conse``: the ConSE vectors, when already computed;
+        they depend on frozen parts only, so training computes them once)."""
+        z = self.proj(self.pooled_final(trunk_out))
+        if self.conse is not None:
+            z = z + self.conse_proj(self.conse(trunk_out) if conse is None else conse)
+        return nn.functional.normalize(z, dim=-1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.top(self.trunk(pixel_values))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.features[self.split :].parameters()) + list(self.proj.parameters())
+        extra = list(self.conse_proj.parameters()) if self.conse is not None else []
+        return list(self.features[self.split :].parameters()) + list(self.proj.parameters()) + extra
 
 
 class FusionHead(nn.Module):
@@ -173,7 +213,10 @@ class MatchModel(nn.Module):
         super().__init__()
         self.preset = preset
         self.text = TextBranch(bert, preset.embed_dim, preset.text_trainable_layers)
-        self.image = ImageBranch(cnn, preset.embed_dim, preset.image_trainable_blocks)
+        self.image = ImageBranch(cnn, preset.embed_dim, preset.image_trainable_blocks, preset.conse_top_k,
+                                 bert.config.hidden_size)
+        if self.image.conse is not None:  # starts as the text projection: pictures near their class names
+            self.image.conse_proj.load_state_dict(self.text.proj.state_dict())
         self.head = FusionHead(preset.embed_dim, preset.head_hidden)
         for p in self.parameters():
             p.requires_grad_(False)
@@ -184,6 +227,10 @@ class MatchModel(nn.Module):
         return self.text.trainable_parameters() + self.image.trainable_parameters() + list(
             self.head.parameters()
         )
+
+    def stored_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers made by training that are stored with the trained weights (the ConSE table)."""
+        return {"image.conse.class_text": self.image.conse.class_text} if self.image.conse is not None else {}
 
     def train(self, mode: bool = True) -> MatchModel:
         """Dropout follows ``mode``; batch-norm statistics stay frozen (cached trunks, small batches)."""

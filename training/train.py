@@ -44,8 +44,8 @@ from ticor.evaluation import Dataset, load_dataset, split_scores
 from ticor.metrics import best_threshold, evaluate, roc_auc, table
 from ticor.paths import cache_path
 from ticor.training.batches import Batches
-from ticor.training.checkpoint import assign, load_checkpoint, save_checkpoint, trainable_state
-from ticor.training.features import ImageFeatures, TextFeatures, image_features, text_features
+from ticor.training.checkpoint import assign, load_checkpoint, save_checkpoint, trainable_state, trained_file_state
+from ticor.training.features import ImageFeatures, TextFeatures, conse_features, image_features, text_features
 from ticor.training.model import PRESETS, ArticleBaseline, MatchModel, Preset, load_backbones
 
 TRAINED_FILE = "trained.safetensors"
@@ -68,6 +68,7 @@ class TrainConfig:
     max_steps: int = 0  # 0: epochs decide; >0 caps the run (smoke tests)
     checkpoint_every: int = 50
     evals_per_epoch: int = 2  # val ROC-AUC measured this often; the best point is kept
+    photo_repeat: int = 4  # each photo's matching pairs count this often per epoch (they are ~1% of the pairs)
 
     def key(self, dataset_sha256: str, weights_id: str) -> str:
         blob = json.dumps({"config": asdict(self), "data": dataset_sha256, "weights": weights_id,
@@ -87,7 +88,7 @@ def _embed_texts(model: MatchModel, tf: TextFeatures, idx: list[int]) -> torch.T
 
 
 def _embed_images(model: MatchModel, imf: ImageFeatures, idx: list[int]) -> torch.Tensor:
-    return model.image.top(imf.trunk[idx])
+    return model.image.top(imf.trunk[idx], None if imf.conse is None else imf.conse[idx])
 
 
 def _loss(model: MatchModel, batches: Batches, tf: TextFeatures, imf: ImageFeatures, step: int,
@@ -145,6 +146,7 @@ def _optimizer(model: MatchModel, cfg: TrainConfig) -> torch.optim.AdamW:
          "lr": cfg.lr_text},
         {"params": list(model.image.features[model.image.split :].parameters()), "lr": cfg.lr_image},
         {"params": list(model.text.proj.parameters()) + list(model.image.proj.parameters())
+         + (list(model.image.conse_proj.parameters()) if model.image.conse is not None else [])
          + list(model.head.parameters()), "lr": cfg.lr_new},
     ]
     for g in groups:
@@ -257,9 +259,12 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
                        backbones.text_weights_id, quiet=quiet)
     imf = image_features(model.image, preset.image_spec, ds.root, ds.images(), feat_dir,
                          backbones.image_weights_id, quiet=quiet)
+    if model.image.conse is not None:
+        conse_features(model, Path(backbones.tokenizer), preset.text_spec, imf, feat_dir,
+                       backbones.text_weights_id, quiet)
     t_features = time.monotonic() - t0
 
-    batches = Batches(ds, tf, imf, cfg.batch, cfg.seed)
+    batches = Batches(ds, tf, imf, cfg.batch, cfg.seed, cfg.photo_repeat)
     total = batches.steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps) if total else cfg.max_steps
@@ -323,7 +328,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
     test_metrics = evaluate(test_rows, test_scores, threshold, rank)
     baseline = train_baseline(ds, tf, imf, cfg.seed)
 
-    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(trained_path),
+    save_file({k: v.contiguous() for k, v in trained_file_state(model).items()}, str(trained_path),
               metadata={"preset": preset.name, "weights": backbones.weights_id, "key": key})
     log = {
         "key": key,

@@ -128,6 +128,22 @@ ASSETS: dict[str, Asset] = {
             ),
             license="package MIT; weights (torchvision MobileNetV2) BSD-3-Clause",
         ),
+        Asset(
+            # read as a text file (the ImageNet class names, for the image branch's ConSE input);
+            # torchvision is never installed or imported
+            name="torchvision-imagenet-names",
+            package="torchvision",
+            version="0.29.1",
+            wheel="torchvision-0.29.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+            wheel_sha256="2cb678029a5dd45afbbfa662fce49736827d52be33242b5a8a731e0db02ccdf5",
+            files=(
+                WheelFile(
+                    "torchvision/models/_meta.py",
+                    "7eaa5e401b1ff441186e602943c4342cac8cf7f505c238ab7882399b00dbc096",
+                ),
+            ),
+            license="BSD-3-Clause",
+        ),
     )
 }
 
