@@ -188,8 +188,9 @@ def to_dynamic_int8(model: Any, keep_float: set[str], smooth: dict[str, np.ndarr
             uses[i] = uses.get(i, 0) + 1
     done = 0
     new_nodes = []
+    quantized = {n.name for n in weight_matmuls(g)} - keep_float
     for n in g.node:
-        if n.op_type != "MatMul" or n.name in keep_float or n.input[1] not in inits or len(inits[n.input[1]].dims) != 2:
+        if n.name not in quantized:
             new_nodes.append(n)
             continue
         w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)

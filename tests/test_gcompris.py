@@ -126,3 +126,29 @@ def test_the_fixture_holds_photos_on_every_split_and_their_negatives_are_photos(
     assert {Path(p).stem[:12] for p in photo_images} == listed
     manifest = json.loads((FIXTURE_DATA / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["inputs"]["sources"]["gcompris"]["sha256"] == SOURCES["gcompris"].sha256
+
+
+def test_a_tampered_download_is_fetched_again_and_a_wrong_pin_refused(tmp_path: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from ticor.dataset.sources import downloads_dir, extract, fetch
+
+    source = SOURCES["opencc"]  # the smallest new source (1.4 MB, npm)
+    cached = fetch(source)
+    downloads = downloads_dir(tmp_path)
+    downloads.mkdir(parents=True)
+    tampered = downloads / source.filename
+    shutil.copyfile(cached, tampered)
+    with tampered.open("r+b") as fh:
+        fh.seek(1000)
+        byte = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    root = extract(source, tmp_path)  # the bad file is not used: fetched again, verified, extracted
+    assert (root / "package/data/dictionary/TSCharacters.txt").is_file()
+    assert tampered.read_bytes() == cached.read_bytes()
+    wrong = dataclasses.replace(source, sha256="0" * 64)
+    with pytest.raises(SourceError, match="does not match the pinned"):
+        fetch(wrong, tmp_path / "other")
+    assert not (downloads_dir(tmp_path / "other") / source.filename).exists()
