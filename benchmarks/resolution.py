@@ -139,7 +139,7 @@ def study(data: Path, run: Path | None, sizes: tuple[int, ...], threads: int = 2
     import torch
 
     from ticor.preprocess import encode_texts, load_tokenizer
-    from ticor.training.features import fill_conse_table
+    from ticor.training.features import fill_conse_table, text_features
     from ticor.training.model import PRESETS, MatchModel, load_backbones
 
     torch.set_num_threads(threads)
@@ -156,13 +156,9 @@ def study(data: Path, run: Path | None, sizes: tuple[int, ...], threads: int = 2
     feat = cache_path("features")
     tok = load_tokenizer(bb.tokenizer, preset.text_spec)
     fill_conse_table(probe, Path(bb.tokenizer), preset.text_spec, feat, bb.text_weights_id)
-    with torch.no_grad():
-        pooled = []
-        for s in range(0, len(texts), 128):
-            ids, mask = (torch.from_numpy(a) for a in encode_texts(tok, texts[s : s + 128], preset.text_spec))
-            pooled.append(torch.nn.functional.normalize(probe.text.pooled_final(probe.text.trunk(ids, mask), mask),
-                                                        dim=-1))
-        probe_tv = dict(zip(texts, torch.cat(pooled).numpy()))
+    # the captions' pretrained pooled embeddings: the training cache's own (same weights, same texts)
+    tf = text_features(probe.text, Path(bb.tokenizer), preset.text_spec, texts, feat, bb.text_weights_id, quiet=True)
+    probe_tv = dict(zip(texts, torch.nn.functional.normalize(tf.pooled, dim=-1).numpy()))
     trained = None
     if run is not None:
         from ticor.benchmarks._common import load_torch_model
