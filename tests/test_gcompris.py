@@ -152,3 +152,17 @@ def test_a_tampered_download_is_fetched_again_and_a_wrong_pin_refused(tmp_path: 
     with pytest.raises(SourceError, match="does not match the pinned"):
         fetch(wrong, tmp_path / "other")
     assert not (downloads_dir(tmp_path / "other") / source.filename).exists()
+
+
+def test_the_heldout_photo_file_holds_every_val_and_test_photo_pair_with_its_concepts() -> None:
+    from ticor.benchmarks.heldout_photos import heldout_rows
+
+    rows = heldout_rows(FIXTURE_DATA)
+    expected = [r["id"] for s in ("val", "test") for r in read_jsonl(FIXTURE_DATA / "pairs" / f"{s}.jsonl")
+                if r["family"] == "photo"]
+    assert [r["id"] for r in rows] == expected and expected
+    concept = {r["image"]: r["concept"] for r in read_jsonl(FIXTURE_DATA / "items.jsonl")}
+    for r in rows:
+        assert r["group"] == concept[r["image"]]
+        # a matching photo shows one of its caption's concepts, a non-matching one none of them
+        assert (r["group"] in r["text_group"]) == (r["label"] == 1), r["id"]
