@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURE_DATA, ticor
+from tests.conftest import FIXTURE_DATA, read_jsonl, ticor
 
 
 @pytest.mark.slow
@@ -38,7 +38,7 @@ def test_quick_bench_writes_sound_results_report_and_plots(fp32_bundle: Path, tm
     report = (out / "report.md").read_text()
     assert report.startswith("# ticor bench (quick)\n\nNot run in this run, and why:")
     assert "not run in --quick" in report
-    test_pairs = len((FIXTURE_DATA / "pairs" / "test.jsonl").read_text(encoding="utf-8").splitlines())
+    test_pairs = len(read_jsonl(FIXTURE_DATA / "pairs" / "test.jsonl"))
     assert "Inputs: the dataset's test split" in report and res["settings"]["quality_pairs"] == test_pairs
     for png in ("latency-vs-f1.png", "latency-by-batch.png", "throughput-vs-batch.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
