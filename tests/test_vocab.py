@@ -198,7 +198,6 @@ def test_int8_weights_text_graph_keeps_the_exact_4bit_parts(fp32_bundle: Path, t
     feeds = {"input_ids": ids, "attention_mask": mask}
     ref = ort.InferenceSession(str(m.graph_path("text")), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    # measured on the 60-step fixture bundle: min cosine 0.9876 (0.998+ on the earlier 12-step one; the
-    # trained layers' 8-bit blocks with int8 activations at accuracy level 4)
-    assert np.min(np.sum(ref * got, axis=1)) > 0.98
+    # symmetric 8-bit blocks on the trained layers rounded the fine-tuning back (min 0.9876 on this bundle)
+    assert np.min(np.sum(ref * got, axis=1)) > 0.998
     assert out.stat().st_size < 0.2 * m.graph_path("text").stat().st_size
