@@ -241,6 +241,12 @@ def machine_record(threads: list[int], bundles: list[Path] | None = None) -> dic
             info[mod] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             info[mod] = None
+    try:
+        from ticor.quantization.text_int8 import kernel_probe
+    except ImportError:  # a runtime-only install has no onnx to write the probe graph with
+        info["int8_kernel"] = None
+    else:
+        info["int8_kernel"] = kernel_probe()
     if bundles:
         from ticor.bundle import read_manifest
 
@@ -249,5 +255,7 @@ def machine_record(threads: list[int], bundles: list[Path] | None = None) -> dic
             m = read_manifest(b)
             info["bundles"].append({"path": str(b), "model_version": m.model_version, "precision": m.precision,
                                     "size_bytes": m.size_bytes,
+                                    "gate_int8_kernel": (m.quantization.recipe.get("int8_kernel")
+                                                         if m.quantization is not None else None),
                                     "files_sha256": {n: f.sha256 for n, f in sorted(m.files.items())}})
     return info

@@ -126,11 +126,23 @@ def report(r: dict[str, Any]) -> str:
           (f"- onnxruntime {m['onnxruntime']} ({m.get('onnxruntime_distribution', '?')}; "
            f"{', '.join(m['providers'])}), torch {m.get('torch')}, "
           f"numpy {m['numpy']}, openvino {m.get('openvino')}, optimum {m.get('optimum')}, Python {m['python']}"),
-          "- bundles: " + "; ".join(f"{b['model_version']} ({b['size_bytes'] / 1e6:.1f} MB)"
+          "- int8 kernel: " + kernel_words(m.get("int8_kernel")),
+          "- bundles: " + "; ".join(f"{b['model_version']} ({b['size_bytes'] / 1e6:.1f} MB"
+                                   + (f", gate measured on a CPU whose int8 kernel is "
+                                      f"{'exact' if b['gate_int8_kernel']['exact'] else 'saturating'}"
+                                      if b.get("gate_int8_kernel") else "") + ")"
                                    for b in m.get("bundles", [])),
           (f"- settings: {r['settings']}; interleaved runs after 3 warm-up calls; spread as p90/p99 and IQR in "
           f"results.json; run took {r['seconds']} s"), ""]
     return "\n".join(L) + "\n"
+
+
+def kernel_words(probe: dict[str, Any] | None) -> str:
+    """The machine's uint8 x int8 kernel, as :func:`ticor.quantization.text_int8.kernel_probe` found it."""
+    if not probe:
+        return "not probed (no onnx in this install)"
+    return (f"{probe['kernel']} (probe ratio {probe['ratio']:.4f}; {probe['probe']}); the int8 graphs' "
+            "agreement with fp32 differs between exact and saturating kernels")
 
 
 def headline(r: dict[str, Any]) -> str:

@@ -60,7 +60,7 @@ from ticor.quantization.graphs import (
     quantize_text,
     to_fp16,
 )
-from ticor.quantization.text_int8 import role
+from ticor.quantization.text_int8 import kernel_probe, role
 from ticor.sessions import plain_cpu_session
 
 MAX_F1_DROP = 0.005  # absolute F1 (0.5 points)
@@ -274,6 +274,8 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
                              "nodes": tq.report_json()},
         "image": "quant_pre_process, then static QDQ int8 per-channel weights, uint8 activations",
         "head": "fp32 (70 kB; nothing to gain)",
+        # the gate's agreement depends on it: see kernel_probe
+        "int8_kernel": kernel_probe(),
     }
     return graphs, recipe, calib
 
@@ -406,7 +408,9 @@ def gate_line(m: Manifest) -> str:
     branches = ", ".join(f"{p} {q.branches[p]}" for p in BRANCHES)
     return (f"{branches}: test F1 fp32 {g.fp32_test_f1:.4f} -> {g.test_f1:.4f} "
             f"({g.f1_change * 100:+.2f} pts), decisions agree on {g.agreement:.2%}, "
-            f"size {src / 1e6:.1f} MB -> {size / 1e6:.1f} MB ({size / src:.0%})")
+            f"size {src / 1e6:.1f} MB -> {size / 1e6:.1f} MB ({size / src:.0%})"
+            + q.kernel_clause())
+
 
 
 def format_table(table: list[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:

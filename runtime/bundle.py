@@ -212,6 +212,17 @@ class Quantization:
     def source_bytes(self) -> int:
         return sum(f.bytes for f in self.source_files.values())
 
+    def kernel_clause(self) -> str:
+        """How the CPU the gate ran on multiplies uint8 by int8 (``recipe.int8_kernel``, written by
+        ``ticor quantize``'s probe; older bundles did not record it): exact int32 dot products,
+        or int16 pair sums that saturate (x86 without VNNI), which changes the agreement."""
+        probe = self.recipe.get("int8_kernel")
+        if not probe:
+            return ""
+        return ("; measured on a CPU whose int8 kernel is exact" if probe["exact"] else
+                f"; measured on a CPU whose int8 kernel saturates (probe ratio {probe['ratio']:.2f}, "
+                "x86 without VNNI)")
+
     def to_json(self) -> Json:
         return {"source_model_version": self.source_model_version,
                 "source_files": {k: v.to_json() for k, v in self.source_files.items()}, "asked": self.asked,

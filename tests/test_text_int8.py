@@ -116,3 +116,38 @@ def test_dynamic_recipes_build_keep_fp32_and_run_integer_kernels(fp32_bundle: Pa
         top = max(share["top_ops_share"], key=share["top_ops_share"].get)
         assert top == "DynamicQuantizeMatMul" and share["integer_share"] > 0.25, (recipe, share)
         assert path.stat().st_size < 0.3 * m.graph_path("text").stat().st_size
+
+
+def test_kernel_probe_tells_exact_from_saturating_arithmetic() -> None:
+    """The probe's verdict is what a random product shows: onnxruntime's result equals the exact
+    int32 sum on a kernel the probe calls exact, and the sum of int16-saturated pairs of products
+    on one it calls saturating (and the verdict follows the CPU's VNNI flag on x86)."""
+    import platform
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ticor.quantization import text_int8 as ti
+
+    probe = ti.kernel_probe()
+    rng = np.random.default_rng(0)
+    k, n = 384, 64
+    codes = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    x = rng.uniform(0, 1, (8, k)).astype(np.float32)
+    x[:, 0] = 1.0  # the activation's range is [0, 1]: codes round(x * 255)
+    one = helper.make_model(helper.make_graph(
+        [helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s"], ["y"], domain=ti.MS_DOMAIN)], "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(codes, "w"), numpy_helper.from_array(np.ones(n, np.float32), "s")]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ti.MS_DOMAIN, 1)])
+    y = ort.InferenceSession(one.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    products = np.round(x * 255).astype(np.int64)[:, :, None] * codes.astype(np.int64)[None]
+    exact = products.sum(1) / 255
+    pairs = np.clip(products[:, 0::2] + products[:, 1::2], -32768, 32767).sum(1) / 255
+    assert not np.allclose(exact, pairs, rtol=1e-3)  # the product is one that saturates
+    np.testing.assert_allclose(y, exact if probe["exact"] else pairs, rtol=1e-4, atol=1e-3)
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
+                     "")
+        assert probe["exact"] == any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))

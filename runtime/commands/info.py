@@ -46,7 +46,8 @@ def describe(m: Manifest, verified: bool) -> str:
         g = q.gate
         lines.insert(4, "branches    " + ", ".join(f"{p} {q.branches[p]}" for p in BRANCHES if p in q.branches)
                      + f"    gate: test F1 {g.fp32_test_f1:.4f} (fp32) -> {g.test_f1:.4f}, "
-                     f"{g.agreement:.2%} of decisions as fp32")
+                     f"{g.agreement:.2%} of decisions as fp32"
+                     + q.kernel_clause())
     for name, f in sorted(m.files.items()):
         lines.append(f"  {name:<16} {f.bytes / 1e6:9.2f} MB  {f.sha256[:16]}…")
     lines.append(f"  {'total':<16} {m.size_bytes / 1e6:9.2f} MB")
