@@ -15,6 +15,7 @@ import numpy as np
 
 from ticor import __version__
 from ticor.bundle import Architecture
+from ticor.kernels import FLOAT, INT8, INT32, UINT8, int8_kernel_probe, one_node_model
 from ticor.sessions import plain_cpu_session
 
 
@@ -41,45 +42,6 @@ def interleaved(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 3)
     return times
 
 
-# ------------------------------------------------------------------ tiny ONNX graphs without the onnx package
-# The matmul peak needs two one-node graphs; they are written here as protobuf bytes so the
-# benchmark runs in the runtime-only install (onnxruntime reads ONNX bytes; the onnx package
-# is on the build side). Field numbers from onnx.proto (IR version 8).
-_FLOAT, _UINT8, _INT8, _INT32 = 1, 2, 3, 6
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(num: int, payload: bytes | int | str) -> bytes:
-    if isinstance(payload, int):
-        return _varint(num << 3) + _varint(payload)
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(num << 3 | 2) + _varint(len(data)) + data
-
-
-def _value_info(name: str, elem_type: int, shape: list[int]) -> bytes:
-    dims = b"".join(_field(1, _field(1, d)) for d in shape)  # TensorShapeProto.dim { dim_value }
-    tensor = _field(1, elem_type) + _field(2, dims)  # TypeProto.Tensor { elem_type, shape }
-    return _field(1, name) + _field(2, _field(1, tensor))  # ValueInfoProto { name, type { tensor_type } }
-
-
-def one_node_model(op: str, inputs: list[tuple[str, int, list[int]]], output: tuple[str, int, list[int]],
-                   opset: int = 17) -> bytes:
-    """A serialized ModelProto with one ``op`` node (default domain) from ``inputs`` to ``output``."""
-    node = b"".join(_field(1, n) for n, _, _ in inputs) + _field(2, output[0]) + _field(4, op)
-    graph = (_field(1, node) + _field(2, "peak") + b"".join(_field(11, _value_info(*i)) for i in inputs)
-             + _field(12, _value_info(*output)))
-    return _field(1, 8) + _field(7, graph) + _field(8, _field(1, "") + _field(2, opset))
-
-
 def matmul_peak(threads: int) -> dict[str, float]:
     """This CPU's fp32 and int8 matrix-multiply throughput through onnxruntime (one big MatMul)."""
     m_, k_, n_ = 512, 1024, 1024
@@ -87,12 +49,12 @@ def matmul_peak(threads: int) -> dict[str, float]:
     out = {}
     for kind in ("fp32", "int8"):
         if kind == "fp32":
-            model = one_node_model("MatMul", [("a", _FLOAT, [m_, k_]), ("b", _FLOAT, [k_, n_])],
-                                   ("c", _FLOAT, [m_, n_]))
+            model = one_node_model("MatMul", [("a", FLOAT, [m_, k_]), ("b", FLOAT, [k_, n_])],
+                                   ("c", FLOAT, [m_, n_]))
             feeds = {"a": rng.random((m_, k_), dtype=np.float32), "b": rng.random((k_, n_), dtype=np.float32)}
         else:
-            model = one_node_model("MatMulInteger", [("a", _UINT8, [m_, k_]), ("b", _INT8, [k_, n_])],
-                                   ("c", _INT32, [m_, n_]))
+            model = one_node_model("MatMulInteger", [("a", UINT8, [m_, k_]), ("b", INT8, [k_, n_])],
+                                   ("c", INT32, [m_, n_]))
             feeds = {"a": rng.integers(0, 255, (m_, k_), dtype=np.uint8),
                      "b": rng.integers(-127, 127, (k_, n_), dtype=np.int8)}
         s = plain_cpu_session(model, threads=threads)
@@ -241,12 +203,7 @@ def machine_record(threads: list[int], bundles: list[Path] | None = None) -> dic
             info[mod] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             info[mod] = None
-    try:
-        from ticor.quantization.text_int8 import kernel_probe
-    except ImportError:  # a runtime-only install has no onnx to write the probe graph with
-        info["int8_kernel"] = None
-    else:
-        info["int8_kernel"] = kernel_probe()
+    info["int8_kernel"] = int8_kernel_probe()
     if bundles:
         from ticor.bundle import read_manifest
 

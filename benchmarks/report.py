@@ -138,7 +138,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 def kernel_words(probe: dict[str, Any] | None) -> str:
-    """The machine's uint8 x int8 kernel, as :func:`ticor.quantization.text_int8.kernel_probe` found it."""
+    """The machine's uint8 x int8 kernel, as :func:`ticor.kernels.int8_kernel_probe` found it."""
     if not probe:
         return "not probed (no onnx in this install)"
     return (f"{probe['kernel']} (probe ratio {probe['ratio']:.4f}; {probe['probe']}); the int8 graphs' "

@@ -49,6 +49,7 @@ from ticor.bundle import (
 from ticor.calibration import operating_curve
 from ticor.errors import BundleError, GateError, UsageError
 from ticor.evaluation import Dataset, load_dataset, split_scores
+from ticor.kernels import int8_kernel_probe
 from ticor.metrics import at_threshold, evaluate, roc_auc
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
 from ticor.quantization.graphs import (
@@ -60,7 +61,7 @@ from ticor.quantization.graphs import (
     quantize_text,
     to_fp16,
 )
-from ticor.quantization.text_int8 import kernel_probe, role
+from ticor.quantization.text_int8 import role
 from ticor.sessions import plain_cpu_session
 
 MAX_F1_DROP = 0.005  # absolute F1 (0.5 points)
@@ -274,8 +275,8 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
                              "nodes": tq.report_json()},
         "image": "quant_pre_process, then static QDQ int8 per-channel weights, uint8 activations",
         "head": "fp32 (70 kB; nothing to gain)",
-        # the gate's agreement depends on it: see kernel_probe
-        "int8_kernel": kernel_probe(),
+        # the gate's agreement depends on it: see ticor.kernels.int8_kernel_probe
+        "int8_kernel": int8_kernel_probe(),
     }
     return graphs, recipe, calib
 

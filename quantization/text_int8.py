@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-MS_DOMAIN = "com.microsoft"
+from ticor.kernels import MS_DOMAIN
+
 #: SmoothQuant's migration strength, applied to every int8 MatMul. Measured on the multilingual
 #: val split (all 72 MatMuls int8, decisions equal to fp32): none -> 96.9%, 0.5 -> 96.9%,
 #: 0.65 -> 98.5%, 0.8 -> 98.1%.
@@ -216,42 +217,3 @@ def to_dynamic_int8(model: Any, keep_float: set[str], smooth: dict[str, np.ndarr
     if not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return out, done
-
-
-#: Inner dimension of :func:`kernel_probe`'s product (one row of a 384-wide layer's worth, rounded).
-PROBE_K = 256
-
-
-def kernel_probe() -> dict[str, Any]:
-    """Whether this CPU's onnxruntime uint8 x int8 kernel computes the exact int32 dot product.
-
-    onnxruntime's x86 kernel for uint8 activations times int8 weights (``DynamicQuantizeMatMul``
-    and ``MatMulInteger`` here, ``QLinearConv`` in the image graphs) multiplies with
-    ``vpmaddubsw`` on CPUs without VNNI: adjacent pairs of products are summed in int16 and clip
-    at 32,767, so two products of 255 x 127 (64,770) come out as 32,767. With VNNI
-    (``vpdpbusd``) the sums are int32 and exact. The probe runs one ``DynamicQuantizeMatMul``
-    whose activation quantizes to all 255 and whose weight codes are all 127, and compares it
-    with the exact sum: the ratio is 1.0 on an exact kernel and about 0.5 on a saturating one.
-    The int8 graphs' agreement with fp32 measured on one kind of CPU is therefore not the
-    agreement on the other: the bundle records which kind its gate ran on.
-    """
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.full((PROBE_K, 1), 127, np.int8), "w")
-    scale = numpy_helper.from_array(np.ones(1, np.float32), "scale")
-    node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "scale"], ["y"], domain=MS_DOMAIN)
-    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, PROBE_K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [w, scale])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    # x = 1.0 everywhere quantizes to 255 (range [0, 1], scale 1/255): y = 255 * 127 * K / 255
-    y = float(session.run(None, {"x": np.ones((1, PROBE_K), np.float32)})[0][0, 0])
-    ratio = y / (127.0 * PROBE_K)
-    exact = abs(ratio - 1.0) < 1e-3
-    return {"exact": exact, "ratio": round(ratio, 4),
-            "kernel": "exact int32 dot products" if exact else
-                      "saturating: pairs of uint8 x int8 products clip at the int16 limit (x86 without VNNI)",
-            "probe": f"DynamicQuantizeMatMul, {PROBE_K} products of 255 x 127, onnxruntime {ort.__version__}"}
