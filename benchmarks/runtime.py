@@ -1,7 +1,7 @@
 """Runtime figures of a bundle: cold start, peak RSS, batch-1 latency against the graphs alone,
 and throughput with cached embeddings.
 
-    python -m ticor.benchmarks.runtime [BUNDLE ...] [--data DIR] [--runs N] [--json FILE] [--breakdown]
+    python -m ticor.benchmarks.runtime [BUNDLE ...] [--data DIR] [--runs N] [--json FILE] [--breakdown | --threads]
 
 - **Cold start**: a fresh process, from before ``import ticor`` to the first score's result
   (``Matcher.load`` verifies every file's sha256 first), median of ``--runs`` processes; with
@@ -11,6 +11,11 @@ and throughput with cached embeddings.
   the same, already prepared inputs; both interleaved in one loop, medians.
 - ``--breakdown``: where a cold start's time goes, each step timed in a fresh process (the
   imports, verifying the files, the tokenizer, each session, the first score).
+- ``--threads``: the sessions' thread settings (1 intra-op thread; one per core with workers
+  that spin-wait, onnxruntime's default; one per core without spinning, the runtime's default),
+  each in its own process through ``Matcher.load`` (pools of one process would disturb another's
+  timings), ``--runs`` rounds in turn: a fresh pair at batch 1 (``Matcher.score``) and the three
+  graphs at batch 64 on prepared inputs, medians.
 - **Cached throughput**: pairs/s of ``Matcher.head`` on cached embeddings, and of
   ``score_batch`` end to end when every text and picture is in the embedding cache.
 """
@@ -80,6 +85,50 @@ matcher.score(sys.argv[2], sys.argv[3])
 t.append(("first score (after a second Matcher.load)", t[-1][1] + time.perf_counter() - s))
 print(json.dumps({"steps": [[name, b - a] for (_, a), (name, b) in zip(t, t[1:])], "load_again_s": loaded}))
 """
+
+
+_THREADS = """
+import json, sys, time
+import numpy as np
+import ticor
+from ticor.preprocess import load_image
+pairs = json.loads(sys.argv[4])
+m = ticor.Matcher.load(sys.argv[1], providers="cpu", threads=int(sys.argv[2]), spinning=sys.argv[3] == "1")
+def timed(fn, n):
+    for i in range(5):
+        fn(i)
+    ts = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ts))
+ids, mask = m.tokenize([t for t, _ in pairs[:64]])
+pics = np.stack([load_image(p, m.manifest.image_spec) for _, p in pairs[:64]])
+def batch(_i):
+    m.head(m.run_branch("text", ids, mask), m.run_branch("image", pics))
+print(json.dumps({"pair_b1_ms": timed(lambda i: m.score(*pairs[i % len(pairs)]), 300),
+                  "graphs_b64_ms": timed(batch, 12)}))
+"""
+
+
+def thread_settings(bundle: Path, data: Path, rounds: int) -> dict[str, Any]:
+    """Batch-1 pair and batch-64 graph latency per thread setting, each in its own process."""
+    import os
+
+    cores = os.cpu_count() or 1
+    settings = {"1 thread": (1, False), f"{cores} threads, spinning": (cores, True),
+                f"{cores} threads, no spinning (default)": (cores, False)}
+    pairs = json.dumps([(r["text"], r["image"]) for r in test_pairs(data, 300)])
+    got: dict[str, list[dict[str, float]]] = {k: [] for k in settings}
+    for _ in range(rounds):
+        for name, (threads, spin) in settings.items():
+            out = subprocess.run([sys.executable, "-c", _THREADS, str(bundle), str(threads), "1" if spin else "0",
+                                  pairs], capture_output=True, text=True, check=True)
+            got[name].append(json.loads(out.stdout))
+    return {"bundle": str(bundle), "cores": cores, "rounds": rounds,
+            "settings": {k: {"pair_b1_ms": [r["pair_b1_ms"] for r in v],
+                             "graphs_b64_ms": [r["graphs_b64_ms"] for r in v]} for k, v in got.items()}}
 
 
 def cold_breakdown(bundle: Path, data: Path, runs: int) -> dict[str, Any]:
@@ -164,8 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-arena", action="store_true", help="sessions without onnxruntime's CPU memory arena")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--breakdown", action="store_true", help="where the cold start's time goes, step by step")
+    ap.add_argument("--threads", action="store_true", help="the sessions' thread settings, each in its own process")
     args = ap.parse_args(argv)
     bundles = [Path(b) for b in args.bundles] or [bundle_dir()]
+    if args.threads:
+        found = [thread_settings(b, Path(args.data), args.runs) for b in bundles]
+        for r in found:
+            print(f"{r['bundle']} ({r['cores']} cores; each setting in its own process, {r['rounds']} rounds in turn; "
+                  "medians per round)")
+            for name, v in r["settings"].items():
+                print(f"  {name:<36} fresh pair batch 1: {' / '.join(f'{x:.2f}' for x in v['pair_b1_ms'])} ms   "
+                      f"graphs batch 64: {' / '.join(f'{x:.1f}' for x in v['graphs_b64_ms'])} ms")
+        if args.json:
+            Path(args.json).write_text(json.dumps(found, indent=2) + "\n")
+        return 0
     if args.breakdown:
         parts = [cold_breakdown(b, Path(args.data), args.runs) for b in bundles]
         print(f"{'step (fresh process, median of ' + str(args.runs) + ')':<48}"

@@ -92,7 +92,7 @@ class Matcher:
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, *, providers: str | Sequence[str] | None = None,
              threads: int | None = None, inter_op_threads: int | None = None, optimization: str = "all",
-             memory_arena: bool = True, optimized_cache: bool | str | os.PathLike = False,
+             spinning: bool = False, memory_arena: bool = True, optimized_cache: bool | str | os.PathLike = False,
              cache: bool | str | os.PathLike = False, cache_max_bytes: int = DEFAULT_MAX_BYTES,
              decode_threads: int | None = None, threshold: float | None = None,
              min_precision: float | None = None, min_recall: float | None = None) -> Matcher:
@@ -101,6 +101,9 @@ class Matcher:
         providers: ``"auto"`` (default; ``TICOR_PROVIDER`` if set), ``"cpu"``, ``"cuda"``,
             ``"tensorrt"``, an onnxruntime provider name, or a list in priority order.
         threads: intra-op threads per session (default ``TICOR_THREADS``, else onnxruntime's).
+        spinning: let the sessions' worker threads spin-wait between nodes (default off: the three
+            sessions' spinning pools take the cores from each other; see
+            :class:`~ticor.sessions.SessionConfig`).
         optimization: ``disable``, ``basic``, ``extended`` or ``all`` graph optimizations.
         optimized_cache: keep optimized graphs (``True``: ``CACHE/optimized``) for a faster next load.
         cache: persistent embedding cache (``True``: ``CACHE/embeddings.sqlite``, or a file path).
@@ -130,7 +133,8 @@ class Matcher:
             opt_dir = cache_path("optimized") if optimized_cache is True else Path(optimized_cache)
         config = SessionConfig(providers=tuple(names), intra_op_threads=threads if threads is not None
                                else threads_from_env(), inter_op_threads=inter_op_threads,
-                               optimization=optimization, memory_arena=memory_arena, optimized_dir=opt_dir,
+                               optimization=optimization, spinning=spinning, memory_arena=memory_arena,
+                               optimized_dir=opt_dir,
                                chosen_by=chosen_by)
         sessions = {}
         for part in BRANCHES:

@@ -7,10 +7,11 @@ bundles when the CUDA provider is available, else CPU, and :attr:`SessionConfig.
 says what it picked. GPU providers keep the CPU provider behind them for the few nodes they
 do not implement (onnxruntime's own partitioning); ``Matcher.providers`` lists both.
 
-Options (:class:`SessionConfig`): intra-op and inter-op threads, graph optimization level,
-the CPU memory arena, and a directory where optimized graphs are kept so a later load skips
-the optimization passes. Explicit arguments win over the environment (``TICOR_THREADS``,
-``TICOR_PROVIDER``); onnxruntime's own defaults apply only when neither is set.
+Options (:class:`SessionConfig`): intra-op and inter-op threads, whether their worker threads
+spin-wait, graph optimization level, the CPU memory arena, and a directory where optimized
+graphs are kept so a later load skips the optimization passes. Explicit arguments win over the
+environment (``TICOR_THREADS``, ``TICOR_PROVIDER``); onnxruntime's own defaults apply only when
+neither is set.
 """
 
 from __future__ import annotations
@@ -68,12 +69,21 @@ def resolve_providers(asked: str | list[str] | None, precision: str) -> tuple[li
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """How sessions are made. ``None`` threads: ``TICOR_THREADS`` if set, else onnxruntime's choice."""
+    """How sessions are made. ``None`` threads: ``TICOR_THREADS`` if set, else onnxruntime's choice.
+
+    ``spinning``: whether a session's worker threads spin-wait for work between nodes
+    (onnxruntime's own default is on). Off here: a Matcher holds three sessions (text, image,
+    head), each with its own pool, and their spinning workers take the cores from the session
+    that runs. Measured on 2 cores with the int8 bundle, each setting in its own process
+    (``python -m ticor.benchmarks.runtime --threads``): a fresh pair at batch 1 took 8.9–9.7 ms
+    with spinning against 5.0–6.1 ms without, and batch 64 252–274 ms against 179–195 ms.
+    """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
     optimization: str = "all"
+    spinning: bool = False
     memory_arena: bool = True
     optimized_dir: Path | None = None  # keep optimized graphs here (fast cold start)
     chosen_by: str = "asked"
@@ -85,6 +95,8 @@ class SessionConfig:
         for name, v in (("intra_op_threads", self.intra_op_threads), ("inter_op_threads", self.inter_op_threads)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise UsageError(f"{name} must be a positive integer, not {v!r}")
+        if not isinstance(self.spinning, bool):
+            raise UsageError(f"spinning must be True or False, not {self.spinning!r}")
 
     def describe(self) -> str:
         return f"{', '.join(self.providers)} ({self.chosen_by})"
@@ -114,13 +126,16 @@ def session_io(sess: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
 
 def plain_cpu_session(path: Path | str | bytes, threads: int | None = None) -> Any:
     """An onnxruntime CPU session with default options, for the build side and benchmarks (graphs
-    there are checked by what made them; the runtime's :func:`create_session` is for bundles)."""
+    there are checked by what made them; the runtime's :func:`create_session` is for bundles).
+    Worker threads do not spin, as in the runtime, so graphs timed side by side are timed alike."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads is not None:
         opts.intra_op_num_threads = threads
+    for pool in ("intra_op", "inter_op"):
+        opts.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
     model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
@@ -156,6 +171,8 @@ def create_session(path: Path, sha256: str, config: SessionConfig) -> Any:
         opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL if config.inter_op_threads > 1 else \
             ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_cpu_mem_arena = config.memory_arena
+    for pool in ("intra_op", "inter_op"):
+        opts.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if config.spinning else "0")
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
