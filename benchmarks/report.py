@@ -140,7 +140,7 @@ def report(r: dict[str, Any]) -> str:
 def kernel_words(probe: dict[str, Any] | None) -> str:
     """The machine's uint8 x int8 kernel, as :func:`ticor.kernels.int8_kernel_probe` found it."""
     if not probe:
-        return "not probed (no onnx in this install)"
+        return "not probed (results written before the probe ran in every install)"
     return (f"{probe['kernel']} (probe ratio {probe['ratio']:.4f}; {probe['probe']}); the int8 graphs' "
             "agreement with fp32 differs between exact and saturating kernels")
 

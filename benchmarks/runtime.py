@@ -88,27 +88,21 @@ print(json.dumps({"steps": [[name, b - a] for (_, a), (name, b) in zip(t, t[1:])
 
 
 _THREADS = """
-import json, sys, time
+import itertools, json, statistics, sys
 import numpy as np
 import ticor
+from ticor.benchmarks.measure import interleaved
 from ticor.preprocess import load_image
 pairs = json.loads(sys.argv[4])
 m = ticor.Matcher.load(sys.argv[1], providers="cpu", threads=int(sys.argv[2]), spinning=sys.argv[3] == "1")
-def timed(fn, n):
-    for i in range(5):
-        fn(i)
-    ts = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(i)
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
 ids, mask = m.tokenize([t for t, _ in pairs[:64]])
 pics = np.stack([load_image(p, m.manifest.image_spec) for _, p in pairs[:64]])
-def batch(_i):
+fresh = itertools.cycle(pairs)
+pair = interleaved({"pair": lambda: m.score(*next(fresh))}, 300, warmup=5)["pair"]
+def batch():
     m.head(m.run_branch("text", ids, mask), m.run_branch("image", pics))
-print(json.dumps({"pair_b1_ms": timed(lambda i: m.score(*pairs[i % len(pairs)]), 300),
-                  "graphs_b64_ms": timed(batch, 12)}))
+batch = interleaved({"batch": batch}, 12)["batch"]
+print(json.dumps({"pair_b1_ms": statistics.median(pair), "graphs_b64_ms": statistics.median(batch)}))
 """
 
 

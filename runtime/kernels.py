@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ticor.sessions import plain_cpu_session
+
 #: ONNX ``TensorProto.DataType`` codes used here.
 FLOAT, UINT8, INT8, INT32 = 1, 2, 3, 6
 MS_DOMAIN = "com.microsoft"
@@ -91,9 +93,7 @@ def int8_kernel_probe() -> dict[str, Any]:
     model = one_node_model("DynamicQuantizeMatMul", [("x", FLOAT, [1, PROBE_K])], ("y", FLOAT, [1, 1]),
                            domain=MS_DOMAIN, initializers={"w": np.full((PROBE_K, 1), 127, np.int8),
                                                            "scale": np.ones(1, np.float32)})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session = plain_cpu_session(model, threads=1)
     # x = 1.0 everywhere quantizes to 255 (range [0, 1], scale 1/255): y = 255 * 127 * K / 255
     y = float(session.run(None, {"x": np.ones((1, PROBE_K), np.float32)})[0][0, 0])
     ratio = y / (127.0 * PROBE_K)

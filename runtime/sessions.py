@@ -75,8 +75,9 @@ class SessionConfig:
     (onnxruntime's own default is on). Off here: a Matcher holds three sessions (text, image,
     head), each with its own pool, and their spinning workers take the cores from the session
     that runs. Measured on 2 cores with the int8 bundle, each setting in its own process
-    (``python -m ticor.benchmarks.runtime --threads``): a fresh pair at batch 1 took 8.9–9.7 ms
-    with spinning against 5.0–6.1 ms without, and batch 64 252–274 ms against 179–195 ms.
+    (``python -m ticor.benchmarks.runtime --threads``, 3 rounds): a fresh pair at batch 1 took
+    9.8–14.5 ms with spinning against 6.2–7.3 ms without, and the three graphs at batch 64
+    245–253 ms against 165–174 ms.
     """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -124,6 +125,12 @@ def session_io(sess: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
             [(o.name, _DTYPES.get(o.type, o.type)) for o in sess.get_outputs()])
 
 
+def _spinning(opts: Any, on: bool) -> None:
+    """Whether the intra-op and inter-op workers of ``opts``' session spin-wait for work."""
+    for pool in ("intra_op", "inter_op"):
+        opts.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if on else "0")
+
+
 def plain_cpu_session(path: Path | str | bytes, threads: int | None = None) -> Any:
     """An onnxruntime CPU session with default options, for the build side and benchmarks (graphs
     there are checked by what made them; the runtime's :func:`create_session` is for bundles).
@@ -134,8 +141,7 @@ def plain_cpu_session(path: Path | str | bytes, threads: int | None = None) -> A
     opts.log_severity_level = 3
     if threads is not None:
         opts.intra_op_num_threads = threads
-    for pool in ("intra_op", "inter_op"):
-        opts.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
+    _spinning(opts, False)
     model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
@@ -171,8 +177,7 @@ def create_session(path: Path, sha256: str, config: SessionConfig) -> Any:
         opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL if config.inter_op_threads > 1 else \
             ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_cpu_mem_arena = config.memory_arena
-    for pool in ("intra_op", "inter_op"):
-        opts.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if config.spinning else "0")
+    _spinning(opts, config.spinning)
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
