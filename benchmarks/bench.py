@@ -70,6 +70,11 @@ from ticor.preprocess import encode_texts, load_image, load_tokenizer
 __all__ = ["SCHEMA_VERSION", "check_results", "headline", "report", "run_bench", "run_from_args"]
 
 
+def _on_cpu(v: Variant) -> bool:
+    """Whether ``v`` runs on the CPU (the engines without providers do; onnxruntime rows say which)."""
+    return bool(v.extra.get("providers", ["CPUExecutionProvider"])[0] == "CPUExecutionProvider")
+
+
 def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path | None, quick: bool = False,
               batch_sizes: list[int] | None = None, threads: list[int] | None = None, runs: int | None = None,
               pairs: int | None = None, providers: list[str] | None = None, quiet: bool = False,
@@ -277,8 +282,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                  "image": graph_flops(flops_graph, [bs, 3, m0.image_spec.size, m0.image_spec.size])}
             limit["flops"][str(bs)] = f
         n_top, b_top = str(threads[-1]), str(max(batch_sizes))
-        on_gpu = {v.name for v in variants if v.extra.get("providers", ["CPUExecutionProvider"])[0]
-                  != "CPUExecutionProvider"}
+        on_gpu = {v.name for v in variants if not _on_cpu(v)}
         for name, parts in branch.items():
             if name in on_gpu:  # the peak is this CPU's
                 continue
@@ -292,7 +296,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
         # which kernels each bundle's graphs run (an onnxruntime profile at the largest batch)
         for v in variants:
             bundle = v.extra.get("bundle")
-            if not bundle or v.extra.get("providers", ["CPUExecutionProvider"])[0] != "CPUExecutionProvider":
+            if not bundle or not _on_cpu(v):
                 continue
             ids, mask = encode_texts(tok_of(v), tsel[:bmax], m0.text_spec)
             limit["kernels"][v.name] = {

@@ -53,9 +53,9 @@ echo "providers benchmarked: $providers" | tee -a "$OUT/environment.txt"
 
 if test -n "${EVAL:-}"; then  # every pair's score on the GPU, to compare decisions with the CPU's
   for b in fp16 int8; do
-    dir=$fp16; if test $b = int8; then dir=$int8; fi
     t0=$(date +%s.%N)
-    ticor score "$EVAL" --bundle "$dir" --provider cuda --no-cache --batch-size 256 -o "$OUT/scores-$b-cuda.jsonl"
+    ticor score "$EVAL" --bundle "$CACHE/bundles/multilingual-$b" --provider cuda --no-cache --batch-size 256 \
+      -o "$OUT/scores-$b-cuda.jsonl"
     echo "ticor score, $b on cuda: $(wc -l <"$OUT/scores-$b-cuda.jsonl") rows in $("$PY" -c "import time; print(round(time.time() - $t0, 1))") s" \
       | tee -a "$OUT/environment.txt"
   done

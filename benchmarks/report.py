@@ -60,8 +60,9 @@ def targets(r: dict[str, Any], preset: str) -> list[dict[str, Any]]:
             v = frac[name]["text"]
             kind = r["variants"].get(name, {}).get("precision", "fp32")
             kind = "int8" if kind == "int8" else "fp32"
-            out.append({"target": f"{name} text graph >= 40% of the {kind} matmul peak at batch {bs}", "value": v,
-                        "met": v >= TARGETS["int8_peak_fraction"]})
+            want = TARGETS["int8_peak_fraction"]
+            out.append({"target": f"{name} text graph >= {want:.0%} of the {kind} matmul peak at batch {bs}",
+                        "value": v, "met": v >= want})
     return out
 
 
