@@ -248,6 +248,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
 
         # quality: ticor eval's scoring on the labelled pairs, or the bundles' stored test metrics
         quality: dict[str, Any] = {}
+        decisions: dict[str, dict[int, bool]] = {}  # variant -> pair row -> match
         ref = next((v for v in variants if v.name.startswith("ort-fp32")), None)
         if inputs.labelled is None:
             for v in variants:
@@ -264,11 +265,21 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                     continue
                 engine = v.embedder() if v.embedder else CallableEmbedder(v, rest, tok_of(v), m0)
                 scored = score_labelled(engine, inputs.labelled, truth_fn=inputs.truth)
-                quality[v.name] = metrics_at(scored, rest.threshold if rest.threshold is not None else m0.threshold)
+                thr = rest.threshold if rest.threshold is not None else m0.threshold
+                quality[v.name] = metrics_at(scored, thr)
+                decisions[v.name] = {p.row: bool(s >= thr) for p, s in zip(scored.pairs, scored.scores, strict=True)}
                 if scored.excluded:
                     quality[v.name]["excluded"] = len(scored.excluded)
                 if rest is not v:
                     quality[v.name]["note"] = "its text branch with the fp32 bundle's image branch, head and threshold"
+            # what the int8 gate measures: the share of pairs decided as the fp32 bundle decides them
+            base = decisions.get(ref.name) if ref is not None else None
+            for name, d in decisions.items():
+                common = [k for k in d if base is not None and k in base]
+                if ref is not None and base is not None and common:
+                    quality[name]["agreement_with_fp32"] = {
+                        "reference": ref.name, "pairs": len(common),
+                        "share": sum(d[k] == base[k] for k in common) / len(common)}
 
         # the limit: FLOPs at the measured shapes, this CPU's matmul peak, the share of it each variant reaches
         say(quiet, "ticor bench: matmul peak, FLOPs and kernel profiles")

