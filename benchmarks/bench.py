@@ -273,13 +273,14 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                 if rest is not v:
                     quality[v.name]["note"] = "its text branch with the fp32 bundle's image branch, head and threshold"
             # what the int8 gate measures: the share of pairs decided as the fp32 bundle decides them
-            base = decisions.get(ref.name) if ref is not None else None
-            for name, d in decisions.items():
-                common = [k for k in d if base is not None and k in base]
-                if ref is not None and base is not None and common:
-                    quality[name]["agreement_with_fp32"] = {
-                        "reference": ref.name, "pairs": len(common),
-                        "share": sum(d[k] == base[k] for k in common) / len(common)}
+            if ref is not None and ref.name in decisions:
+                base = decisions[ref.name]
+                for name, d in decisions.items():
+                    common = [k for k in d if k in base]
+                    if common:
+                        quality[name]["agreement_with_fp32"] = {
+                            "reference": ref.name, "pairs": len(common),
+                            "share": sum(d[k] == base[k] for k in common) / len(common)}
 
         # the limit: FLOPs at the measured shapes, this CPU's matmul peak, the share of it each variant reaches
         say(quiet, "ticor bench: matmul peak, FLOPs and kernel profiles")

@@ -51,7 +51,9 @@ sys.exit(0 if got == "TensorrtExecutionProvider" else 1)
 EOF
 echo "providers benchmarked: $providers" | tee -a "$OUT/environment.txt"
 
+inputs=()
 if test -n "${EVAL:-}"; then  # every pair's score on the GPU, to compare decisions with the CPU's
+  inputs=(--eval "$EVAL")
   for b in fp16 int8; do
     t0=$(date +%s.%N)
     ticor score "$EVAL" --bundle "$CACHE/bundles/multilingual-$b" --provider cuda --no-cache --batch-size 256 \
@@ -62,8 +64,6 @@ if test -n "${EVAL:-}"; then  # every pair's score on the GPU, to compare decisi
 fi
 bundles=(--bundle "$fp16" --bundle "$int8")
 if test -d "$fp32"; then bundles+=(--bundle "$fp32"); fi
-inputs=()
-if test -n "${EVAL:-}"; then inputs=(--eval "$EVAL"); fi
 ticor bench "${bundles[@]}" --providers "$providers" --batch-sizes 1,8,64,256 --threads 2 --runs "$RUNS" \
   "${inputs[@]}" --out "$OUT"
 
