@@ -13,7 +13,7 @@ from ticor._deps import PLOT_LINE
 from ticor.metrics import table
 
 #: results.json schema: 2 adds ``settings.inputs``/``quality_pairs``, ``limit.kernels`` and the fuller
-#: ``machine`` record (memory, OS, onnxruntime build, bundles); the README documents it.
+#: ``machine`` record (memory, OS, onnxruntime build, bundles); docs/bench.md documents it.
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 TARGETS = {"camera_vs_small": 2.5,

@@ -47,7 +47,7 @@ from ticor.sessions import SessionConfig, create_session, resolve_providers, ses
 
 __all__ = ["Match", "Matcher", "PreparedBatch", "Ranked", "Ranking", "default_bundle"]
 
-#: Default picture-decoding threads per Matcher (see ``Matcher.load``); measured in the README.
+#: Default picture-decoding threads per Matcher (see ``Matcher.load``); measured in docs/runtime.md.
 DECODE_THREADS = min(4, os.cpu_count() or 1)
 TEXT_BATCH = 64
 IMAGE_BATCH = 16
@@ -80,7 +80,7 @@ class Matcher:
         self.dim = manifest.embedding_dim
         #: On a GPU provider the image graph only sees batches of 1 and IMAGE_BATCH (a shorter last chunk
         #: is padded): CUDA's first run at each new batch size took 2-8 s on an H200 (cuDNN's convolution
-        #: set-up; README "GPU"), so a scoring run whose chunks ended at 15 different sizes spent minutes
+        #: set-up; docs/studies/gpu.md), so a scoring run whose chunks ended at 15 different sizes spent minutes
         #: there. On the CPU a new shape costs nothing and padding would only add work.
         self._fixed_image_shapes = config.providers[0] != "CPUExecutionProvider"
         #: How ``threshold`` was chosen (``threshold=``, ``min_precision=``, ``min_recall=`` or the bundle's).

@@ -86,7 +86,7 @@ class ImageSpec:
     def box_floor(self) -> int | None:
         """The long side a box-reduced picture keeps at least: eight times the graph size, so the
         final Lanczos still does most of the filtering (on ~4K PNGs, 8x keeps 99.7% of the default
-        bundle's decisions against 98.6% at 2x; the README has the table)."""
+        bundle's decisions against 98.6% at 2x; docs/runtime.md, camera photos)."""
         return 8 * self.size if self.decode == "reduced" else None
 
 

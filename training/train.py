@@ -1,6 +1,6 @@
 """``ticor train``: fine-tune the top of both encoders, the projections and the fusion head.
 
-Recipe (each part measured, see the README):
+Recipe (each part measured, see docs/training.md and docs/studies/training.md):
 
 - frozen trunks cached once (:mod:`ticor.training.features`); per step only the top text
   layers, the top MobileNetV2 blocks, the projections and the head run forward and backward;

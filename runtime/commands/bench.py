@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ticor.commands._help import describe
+
 
 def register(sub: Any) -> None:
-    bench = sub.add_parser("bench", help="latency next to accuracy and F1 on this device, every variant side by side")
+    bench = sub.add_parser("bench", help="latency next to accuracy and F1 on this device, every variant side by side",
+                           **describe("bench"))
     bench.add_argument("--bundle", action="append", help="a bundle to include (repeatable; default: the int8 "
                                                           "bundle, plus the fp32 one in a full run)")
     bench.add_argument("--eval", metavar="PAIRS", help="labelled pair file (what `ticor eval` reads): its pairs "

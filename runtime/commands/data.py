@@ -7,27 +7,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ticor.commands._help import describe
 from ticor.errors import UsageError
 
 HELP_CACHE = "cache directory (default: $TICOR_CACHE or ~/.cache/ticor)"
 
 
 def register(sub: Any) -> None:
-    data = sub.add_parser("data", help="fetch sources and build the text-image dataset (build extra)")
+    data = sub.add_parser("data", help="fetch sources and build the text-image dataset (build extra)",
+                          **describe("data"))
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     data_sub.required = True
-    fetch = data_sub.add_parser("fetch", help="download and verify the pinned source packages")
+    fetch = data_sub.add_parser("fetch", help="download and verify the pinned source packages",
+                                **describe("data fetch"))
     fetch.add_argument("--cache", help=HELP_CACHE)
-    build = data_sub.add_parser("build", help="build the dataset (fetches what is missing)")
+    build = data_sub.add_parser("build", help="build the dataset (fetches what is missing)", **describe("data build"))
     build.add_argument("--cache", help=HELP_CACHE)
     build.add_argument("--out", help="output directory (default: CACHE/dataset/full or .../fixture)")
     build.add_argument("--subset", choices=["full", "fixture"], default="full",
-                       help="'fixture' keeps a few dozen concepts per source (the test fixture)")
+                       help="'fixture' keeps a few dozen concepts per source (the test fixture; default full)")
     build.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     build.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
     build.add_argument("--sources-dir", help="use already extracted sources from this directory instead of the cache")
     build.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    summary = data_sub.add_parser("summary", help="print a built dataset's summary")
+    summary = data_sub.add_parser("summary", help="print a built dataset's summary", **describe("data summary"))
     summary.add_argument("dataset", help="dataset directory")
     summary.add_argument("--json", action="store_true", help="print the manifest counts as JSON")
     data.set_defaults(handler=run)

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ticor.commands._help import describe
 from ticor.commands._runtime import add_runtime_options, load_matcher
 from ticor.errors import EXIT_OK, UsageError
 
 
 def register(sub: Any) -> None:
-    ev = sub.add_parser("eval", help="metrics of a bundle on your own labelled pairs (CSV/TSV/JSONL/Parquet)")
+    ev = sub.add_parser("eval", help="metrics of a bundle on your own labelled pairs (CSV/TSV/JSONL/Parquet)",
+                        **describe("eval"))
     ev.add_argument("pairs", help="pair file with text, image and label (1/0) columns; optional lang, negative, "
                                   "group and --slice-col columns")
     add_runtime_options(ev)

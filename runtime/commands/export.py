@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ticor.commands._help import describe
+
 
 def register(sub: Any) -> None:
-    export = sub.add_parser("export", help="export a trained run as a validated fp32 ONNX bundle (build extra)")
+    export = sub.add_parser("export", help="export a trained run as a validated fp32 ONNX bundle (build extra)",
+                            **describe("export"))
     export.add_argument("--preset", default="multilingual", help="preset of the run (default multilingual)")
     export.add_argument("--run", help="run directory (default: CACHE/runs/PRESET)")
     export.add_argument("--out", help="bundle directory (default: CACHE/bundles/PRESET-fp32)")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from ticor.commands._help import describe as help_text
+
 if TYPE_CHECKING:
     from ticor.bundle import Manifest
 
 
 def register(sub: Any) -> None:
-    info = sub.add_parser("info", help="print a bundle's manifest (files verified)")
+    info = sub.add_parser("info", help="print a bundle's manifest (files verified)", **help_text("info"))
     info.add_argument("bundle", help="bundle directory")
     info.add_argument("--json", action="store_true", help="the manifest as JSON")
     info.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the files")

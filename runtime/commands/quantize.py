@@ -5,21 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ticor.commands._help import describe
+
 
 def register(sub: Any) -> None:
-    quant = sub.add_parser("quantize", help="make an int8 (CPU) or fp16 (GPU) bundle behind an accuracy gate")
+    quant = sub.add_parser("quantize", help="make an int8 (CPU) or fp16 (GPU) bundle behind an accuracy gate",
+                           **describe("quantize"))
     quant.add_argument("bundle", help="the fp32 bundle directory")
-    quant.add_argument("--precision", choices=["int8", "fp16"], default="int8")
+    quant.add_argument("--precision", choices=["int8", "fp16"], default="int8",
+                       help="int8 for the CPU provider, fp16 for GPU providers (default int8)")
     quant.add_argument("--data", help="the dataset the bundle was trained on (default: CACHE/dataset/full)")
     quant.add_argument("--out", help="output bundle (default: next to the fp32 one, PRESET-PRECISION)")
-    quant.add_argument("--calibration", type=int, default=256, help="train pictures for int8 calibration")
+    quant.add_argument("--calibration", type=int, default=256, help="train pictures for int8 calibration (default 256)")
     quant.add_argument("--methods", default="minmax,entropy,percentile",
-                       help="int8 calibration methods to compare (comma-separated)")
+                       help="int8 calibration methods to compare, comma-separated (default: all three)")
     quant.add_argument("--text", default="auto", metavar="GRAPH",
-                       help="text graph: auto (fastest that keeps the gate on val, else fp32), fp32, "
+                       help="text graph: auto (the default: fastest that keeps the gate on val, else fp32), fp32, "
                             "int8-dynamic, int8-mixed, int8-weights, fp16")
     quant.add_argument("--image", default="auto", metavar="GRAPH",
-                       help="image graph: auto, fp32, int8-minmax, int8-entropy, int8-percentile, fp16")
+                       help="image graph: auto (the default), fp32, int8-minmax, int8-entropy, int8-percentile, fp16")
     quant.add_argument("--force", action="store_true", help="quantize again even when up to date")
     quant.add_argument("--quiet", action="store_true", help="no progress on stderr")
     quant.set_defaults(handler=run)

@@ -6,12 +6,13 @@ import argparse
 import sys
 from typing import Any
 
+from ticor.commands._help import describe
 from ticor.commands._runtime import add_runtime_options, load_matcher, threshold_line
 from ticor.errors import UsageError
 
 
 def register(sub: Any) -> None:
-    rank = sub.add_parser("rank", help="the best pictures for a text (or texts for a picture)")
+    rank = sub.add_parser("rank", help="the best pictures for a text (or texts for a picture)", **describe("rank"))
     rank.add_argument("--text", help="query text (candidates: --images DIR)")
     rank.add_argument("--images", help="folder of candidate pictures (searched recursively)")
     rank.add_argument("--image", help="query picture (candidates: --texts FILE)")

@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ticor.commands._help import describe
 from ticor.commands._runtime import add_runtime_options, load_matcher, operating_options, threshold_line
 from ticor.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 
 
 def register(sub: Any) -> None:
-    score = sub.add_parser("score", help="score (text, image) rows from CSV/TSV/JSONL/Parquet or stdin")
+    score = sub.add_parser("score", help="score (text, image) rows from CSV/TSV/JSONL/Parquet or stdin",
+                           **describe("score"))
     score.add_argument("input", help="CSV, TSV, JSONL or Parquet file (by extension), or - for JSONL on stdin")
     score.add_argument("-o", "--output", help="JSONL, CSV or Parquet file (by extension); default: JSONL on "
                                               "stdout. With a file the run is resumable")
@@ -29,7 +31,8 @@ def register(sub: Any) -> None:
                        help="local (default) or ray (Ray Data; the ray extra); both write the same OUTPUT file")
     score.add_argument("--address", help="ray: join this cluster (default: start a local Ray)")
     score.add_argument("--actors", type=int, default=1, help="ray: inference actors (default 1)")
-    score.add_argument("--cpus-per-actor", type=int, default=1, help="ray: CPUs (= intra-op threads) per actor")
+    score.add_argument("--cpus-per-actor", type=int, default=1,
+                       help="ray: CPUs (= intra-op threads) per actor (default 1)")
     score.add_argument("--gpus-per-actor", type=float, default=0, help="ray: GPUs per actor (default 0)")
     score.set_defaults(handler=run)
 

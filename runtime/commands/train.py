@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ticor.commands._help import describe
 from ticor.errors import UsageError
 
 #: What the training and export commands need from the build extra.
@@ -12,7 +13,7 @@ BUILD_MODULES = ["torch", "transformers", "safetensors", "onnx", "PIL", "numpy"]
 
 
 def register(sub: Any) -> None:
-    train = sub.add_parser("train", help="train a preset on a built dataset (build extra)")
+    train = sub.add_parser("train", help="train a preset on a built dataset (build extra)", **describe("train"))
     train.add_argument("--preset", default="multilingual", help="multilingual (default) or en-small")
     train.add_argument("--data", help="dataset directory (default: CACHE/dataset/full)")
     train.add_argument("--out", help="run directory (default: CACHE/runs/PRESET)")
