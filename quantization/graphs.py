@@ -45,7 +45,7 @@ def _hushed() -> Iterator[None]:
             g.setLevel(level)
 
 
-TEXT_RECIPES = ("int8-dynamic", "int8-mixed", "int8-weights")
+TEXT_RECIPES = ("int8-rowwise", "int8-dynamic", "int8-mixed", "int8-weights")
 #: Calibration texts for the dynamic recipes' per-node measurement (train split, spread evenly).
 CALIBRATION_TEXTS = 256
 
@@ -91,7 +91,7 @@ def quantize_text(src: Path, outputs: dict[str, Path], num_heads: int, hidden_si
     unknown = sorted(set(outputs) - set(TEXT_RECIPES))
     if unknown:
         raise UsageError(f"unknown text recipe {unknown[0]!r}; known: {', '.join(TEXT_RECIPES)}")
-    dynamic = [r for r in ("int8-dynamic", "int8-mixed") if r in outputs]
+    dynamic = [r for r in ("int8-rowwise", "int8-dynamic", "int8-mixed") if r in outputs]
     if dynamic and not calibration:
         raise UsageError(f"text recipe {dynamic[0]} needs calibration texts")
 
@@ -109,7 +109,14 @@ def quantize_text(src: Path, outputs: dict[str, Path], num_heads: int, hidden_si
             report, smooth = text_int8.node_errors(model, acts)
             del acts
             kept = text_int8.keep_float(report)
-            for recipe in dynamic:
+            if "int8-rowwise" in outputs:
+                q, count = text_int8.to_rowwise_int8(model)
+                table = _quantize_lookup(q.graph, src)
+                onnx.save(q, str(outputs["int8-rowwise"]))
+                how["int8-rowwise"] = (f"{count} of {len(nodes)} MatMuls MatMulIntegerToFloat with int8 activations "
+                                       "quantized per row (per token) at run time, symmetric, and int8 weights per "
+                                       f"column: no row depends on its batch; {table}")
+            for recipe in (r for r in dynamic if r != "int8-rowwise"):
                 keep = kept if recipe == "int8-mixed" else set()
                 q, count = text_int8.to_dynamic_int8(model, keep, smooth)
                 table = _quantize_lookup(q.graph, src)

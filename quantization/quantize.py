@@ -12,8 +12,9 @@ is timed at batch 1 and at batch 64 side by side; the table is printed and store
 fastest candidate (product of its time ratios to fp32 at both sizes) that keeps the gate on
 validation is chosen, else fp32 (``--text``/``--image`` force
 one). The chosen bundle's threshold is re-fitted on validation (fp32's share of positive
-decisions), then the **gate** compares it with fp32 on test: F1 within 0.5 points and at least
-99% of decisions the same, or nothing is written and the message names the branch that breaks it.
+decisions), then the **gate** (:mod:`ticor.quantization.gate`: batch independence, F1 and
+ROC-AUC, confident decisions kept) compares it with fp32 on test, or nothing is written and the
+message names the criteria and the branch that break it.
 """
 
 from __future__ import annotations
@@ -50,8 +51,17 @@ from ticor.calibration import operating_curve
 from ticor.errors import BundleError, GateError, UsageError
 from ticor.evaluation import Dataset, load_dataset, split_scores
 from ticor.kernels import int8_kernel_probe
-from ticor.metrics import at_threshold, evaluate, roc_auc
+from ticor.metrics import evaluate
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
+from ticor.quantization.gate import (
+    GATE_VERSION,
+    MAX_F1_DROP,
+    batch_drift,
+    failures,
+    format_table,
+    gate_line,
+    judge,
+)
 from ticor.quantization.graphs import (
     CALIBRATION_METHODS,
     CALIBRATION_TEXTS,
@@ -64,10 +74,10 @@ from ticor.quantization.graphs import (
 from ticor.quantization.text_int8 import role
 from ticor.sessions import plain_cpu_session
 
-MAX_F1_DROP = 0.005  # absolute F1 (0.5 points)
-MIN_AGREEMENT = 0.99
 #: Bumped when a recipe changes what it writes: an int8 bundle made by another version is rebuilt.
-RECIPE_VERSION = 5
+RECIPE_VERSION = 6
+#: Pairs of each split whose score is checked alone and in company (the gate's batch independence).
+DRIFT_PAIRS = 40
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,20 @@ class _Embeddings:
                                       for k in range(0, len(pics), 64)])
             self._cache[key] = out
         return self._cache[key]
+
+    def drift(self, combo: dict[str, Graph], split: str) -> float:
+        """The largest change of a pair's score with its batch (:func:`gate.batch_drift`), over
+        :data:`DRIFT_PAIRS` pairs of ``split`` spread evenly."""
+        rows = self.ds.pairs[split][:: max(1, len(self.ds.pairs[split]) // DRIFT_PAIRS)][:DRIFT_PAIRS]
+        ts, im = self._session(combo["text"].file), self._session(combo["image"].file)
+
+        def texts(batch: list[str]) -> np.ndarray:
+            ids, mask = encode_texts(self._tok, batch, self.m.text_spec)
+            return ts.run(None, {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask})[0]
+
+        pictures = np.stack([load_image(self.ds.root / r["image"], self.m.image_spec) for r in rows])
+        return batch_drift(texts, lambda x: im.run(None, {IMAGE_INPUT: x})[0], self.head_fn(combo["head"]),
+                           [r["text"] for r in rows], pictures)
 
     def head_fn(self, g: Graph) -> Any:
         s = self._session(g.file)
@@ -312,21 +336,20 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
 
     emb_cache = _Embeddings(work, ds, m)
     ys = {s: np.array([r["label"] for r in ds.pairs[s]]) for s in ("val", "test")}
+    langs = {s: [str(r.get("lang", "")) for r in ds.pairs[s]] for s in ("val", "test")}
     base = {s: emb_cache.scores(fp32, s)[0] for s in ("val", "test")}
-    base_pred = {s: base[s] >= m.threshold for s in base}
-    rate = float(np.mean(base_pred["val"]))
+    rate = float(np.mean(base["val"] >= m.threshold))
 
     def row_for(combo: dict[str, Graph], split: str = "val") -> dict[str, Any]:
         scores, _ = emb_cache.scores(combo, split)
-        thr = matched_threshold(emb_cache.scores(combo, "val")[0], rate)
-        f1 = at_threshold(ys[split], scores, thr)["f1"]
-        f1_base = at_threshold(ys[split], base[split], m.threshold)["f1"]
-        agree = float(np.mean((scores >= thr) == base_pred[split]))
+        thr = matched_threshold(emb_cache.scores(combo, "val")[0], rate) if combo != fp32 else m.threshold
+        verdict = judge(ys[split], langs[split], base[split], m.threshold, scores, thr, emb_cache.drift(combo, split))
+        c = verdict["criteria"]
         return {"variant": " + ".join(f"{p} {combo[p].name}" for p in BRANCHES),
                 "graphs": {p: combo[p].name for p in BRANCHES}, "files": [combo[p].file for p in BRANCHES],
-                "threshold": thr, f"{split}_f1": f1, f"{split}_f1_change": f1 - f1_base,
-                f"{split}_roc_auc": roc_auc(ys[split], scores), f"{split}_agreement": agree,
-                f"{split}_passes": bool(f1_base - f1 <= MAX_F1_DROP and agree >= MIN_AGREEMENT),
+                "threshold": thr, f"{split}_f1": c["f1"]["value"], f"{split}_f1_change": c["f1"]["change"],
+                f"{split}_roc_auc": c["roc_auc"]["value"], f"{split}_agreement": verdict["reported"]["agreement"],
+                f"{split}_gate": verdict, f"{split}_passes": verdict["passed"],
                 "latency_ms": {p: latency[combo[p].file] for p in BRANCHES},
                 "latency_ms_b64": {p: latency64[combo[p].file] for p in BRANCHES},
                 "bytes": sum(size[combo[p].file] for p in BRANCHES)}
@@ -348,8 +371,7 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
         chosen_graphs[part] = (next(g for g in by_branch[part] if g.name == best["graphs"][part])
                                if best else fp32[part])
     if all(g.name == "fp32" for g in chosen_graphs.values()):
-        raise GateError("no branch keeps the gate on validation when quantized "
-                        f"({MAX_F1_DROP * 100:.1f} F1 points, {MIN_AGREEMENT:.0%} of decisions); nothing was written.\n"
+        raise GateError("no branch keeps the gate on validation when quantized; nothing was written.\n"
                         + format_table(table))
     chosen = row_for(chosen_graphs)
     if chosen["files"] not in [r["files"] for r in table]:
@@ -358,11 +380,12 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
 
     # the gate, on test
     gate_row = row_for(chosen_graphs, "test")
+    verdict = gate_row["test_gate"]
     test_scores, rank = emb_cache.scores(chosen_graphs, "test", with_rank=True)
-    gate = Gate(variant=chosen["variant"], fp32_test_f1=at_threshold(ys["test"], base["test"], m.threshold)["f1"],
+    gate = Gate(variant=chosen["variant"], fp32_test_f1=verdict["criteria"]["f1"]["reference"],
                 test_f1=gate_row["test_f1"], f1_change=gate_row["test_f1_change"],
-                agreement=gate_row["test_agreement"], passed=gate_row["test_passes"], max_f1_drop=MAX_F1_DROP,
-                min_agreement=MIN_AGREEMENT)
+                agreement=gate_row["test_agreement"], passed=verdict["passed"], max_f1_drop=MAX_F1_DROP,
+                version=GATE_VERSION, criteria=verdict)
     if not gate.passed:
         culprits = []
         for part in ("text", "image"):
@@ -370,13 +393,11 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
                 continue
             alone = row_for(fp32 | {part: chosen_graphs[part]}, "test")
             if not alone["test_passes"]:
-                culprits.append(f"the {part} branch ({part} {chosen_graphs[part].name}: test F1 "
-                                f"{alone['test_f1']:.4f}, agreement {alone['test_agreement']:.2%})")
+                culprits.append(f"the {part} branch ({part} {chosen_graphs[part].name}: "
+                                f"{'; '.join(failures(alone['test_gate']))})")
         which = "; ".join(culprits) if culprits else "only the combination of the quantized branches"
-        raise GateError(
-            f"gate failed for {chosen['variant']}: test F1 {gate.test_f1:.4f} vs fp32 {gate.fp32_test_f1:.4f} "
-            f"(allowed drop {MAX_F1_DROP:.3f}), decisions agree on {gate.agreement:.2%} of test pairs "
-            f"(needs {MIN_AGREEMENT:.0%}). Failing on its own: {which}. Nothing was written.")
+        raise GateError(f"gate failed on test for {chosen['variant']}: {'; '.join(failures(verdict))}. "
+                        f"Failing on its own: {which}. Nothing was written.")
 
     # write the bundle
     val_scores, val_rank = emb_cache.scores(chosen_graphs, "val", with_rank=True)
@@ -398,38 +419,3 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
             seconds=round(time.monotonic() - t_start, 1))))
     say(quiet, f"ticor quantize: gate passed ({gate_line(written)}); bundle written to {out}")
     return written
-
-
-def gate_line(m: Manifest) -> str:
-    q = m.quantization
-    if q is None:
-        return f"{m.root} is not a quantized bundle"
-    g = q.gate
-    size, src = m.size_bytes, q.source_bytes
-    branches = ", ".join(f"{p} {q.branches[p]}" for p in BRANCHES)
-    return (f"{branches}: test F1 fp32 {g.fp32_test_f1:.4f} -> {g.test_f1:.4f} "
-            f"({g.f1_change * 100:+.2f} pts), decisions agree on {g.agreement:.2%}, "
-            f"size {src / 1e6:.1f} MB -> {size / 1e6:.1f} MB ({size / src:.0%})"
-            + q.kernel_clause())
-
-
-
-def format_table(table: list[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
-    head = (f"{'text':<13} {'image':<16} {'head':<5} {'val F1':>7} {'dF1':>6} {'AUC':>6} {'agree':>7} "
-            f"{'text ms':>8} {'image ms':>8} {'head ms':>8} {'MB':>7} {'text b64':>9} {'image b64':>9}")
-    lines = [head]
-    for r in table:
-        mark = " *" if chosen is not None and r["files"] == chosen["files"] else ""
-        lat, gr = r["latency_ms"], r["graphs"]
-        ok = "" if r["val_passes"] else " x"
-        lines.append(f"{gr['text']:<13} {gr['image']:<16} {gr['head']:<5} {r['val_f1']:7.3f} "
-                     f"{r['val_f1_change'] * 100:+6.2f} {r['val_roc_auc']:6.3f} {r['val_agreement']:7.2%} "
-                     f"{lat['text']:8.2f} {lat['image']:8.2f} {lat['head']:8.3f} {r['bytes'] / 1e6:7.1f}"
-                     + (f" {b64['text']:9.1f} {b64['image']:9.1f}" if (b64 := r.get("latency_ms_b64")) else "")
-                     + f"{mark}{ok}")
-    lines.append("val split; threshold at fp32's share of positive decisions; agree = decisions equal to fp32; "
-                 "latency: median of 100 runs (batch 1) and of 10 runs (b64: batch 64) per graph in one process, "
-                 "2 threads; chosen per branch: the fastest at batch 1 and 64 together (product of the time ratios "
-                 "to fp32) among those that pass; "
-                 "x = outside the gate (F1 -0.5 pts, 99% agreement); * = chosen")
-    return "\n".join(lines)

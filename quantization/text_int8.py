@@ -44,6 +44,7 @@ class NodeError:
     shape: tuple[int, int]  # weight [K, N]
     error: float  # ||y_int8 - y|| / ||y||
     smoothed_error: float
+    rowwise_error: float  # the same with the activation quantized per row (int8-rowwise)
     activation_range: float  # max |x| over the calibration tokens
     outlier_ratio: float  # max |x| over the median of the per-channel max |x|
 
@@ -55,7 +56,8 @@ class NodeError:
 
     def to_json(self, kept_float: bool) -> dict[str, Any]:
         return {"node": self.node, "weight": list(self.shape), "error": round(self.error, 5),
-                "smoothed_error": round(self.smoothed_error, 5), "role": role(self.node),
+                "smoothed_error": round(self.smoothed_error, 5),
+                "rowwise_error": round(self.rowwise_error, 5), "role": role(self.node),
                 "activation_range": round(self.activation_range, 3), "outlier_ratio": round(self.outlier_ratio, 2),
                 "kept_float": kept_float}
 
@@ -138,18 +140,95 @@ def node_errors(model: Any, inputs: dict[str, list[np.ndarray]],
         ws = w * s[:, None]
         cs, ss = int8_columns(ws)
         wsq = cs.astype(np.float32) * ss
-        num = num_s = den = 0.0
+        num = num_s = num_r = den = 0.0
         for x in xs:
             y = x @ w
             den += float(np.sum(y.astype(np.float64) ** 2))
             num += float(np.sum((_dynamic_uint8(x) @ wq - y).astype(np.float64) ** 2))
             num_s += float(np.sum((_dynamic_uint8(x / s) @ wsq - y).astype(np.float64) ** 2))
+            num_r += float(np.sum((_rowwise_int8(x) @ wq - y).astype(np.float64) ** 2))
         den = max(den, 1e-30)
         r = NodeError(n.name, (int(w.shape[0]), int(w.shape[1])), (num / den) ** 0.5, (num_s / den) ** 0.5,
+                      (num_r / den) ** 0.5,
                       float(x_max.max()), float(x_max.max() / max(float(np.median(x_max)), 1e-12)))
         report.append(r)
         factors[n.name] = s
     return sorted(report, key=lambda r: -r.best), factors
+
+
+def _rowwise_int8(x: np.ndarray) -> np.ndarray:
+    """Symmetric int8 per row (each token on its own, one scale ``max|x| / 127``), dequantized:
+    what :func:`to_rowwise_int8`'s quantize step and ``MatMulIntegerToFloat`` compute."""
+    scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True) / np.float32(127.0), np.float32(ROW_EPS))
+    return (np.rint(x / scale) * scale).astype(np.float32)
+
+
+#: The smallest per-row scale (a row of zeros quantizes to zeros instead of dividing by zero).
+ROW_EPS = 1e-30
+
+
+def to_rowwise_int8(model: Any, keep_float: Iterable[str] = ()) -> tuple[Any, int]:
+    """A copy of ``model`` with every weight MatMul not in ``keep_float`` in integer arithmetic whose
+    activation scale is **per row** (per token): the input quantized to int8 symmetrically with one
+    scale per row (``Abs``, ``ReduceMax`` over the last axis, a divide, ``Round``, the +128 offset,
+    ``Cast`` to uint8), then onnxruntime's ``MatMulIntegerToFloat`` (uint8 x int8 with zero point
+    128, int32 accumulation, scaled by the ``[..., 1]`` row scale and the per-column weight scale).
+    No row's scale depends on another row, so a text's embedding does not depend on its batch.
+    MatMuls reading the same input (Q, K and V) share one quantize step. Returns the model and the
+    number of MatMuls made int8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {i.name: i for i in g.initializer}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    c = "rowwise_int8_"
+    g.initializer.extend([numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), c + "inv127"),
+                          numpy_helper.from_array(np.array(ROW_EPS, np.float32), c + "eps"),
+                          numpy_helper.from_array(np.array(128.0, np.float32), c + "offset"),
+                          numpy_helper.from_array(np.array(128, np.uint8), c + "zero")])
+    quantized_input: dict[str, tuple[str, str]] = {}
+    done = 0
+    new_nodes = []
+    todo = {n.name for n in weight_matmuls(g)} - set(keep_float)
+    for n in g.node:
+        if n.name not in todo:
+            new_nodes.append(n)
+            continue
+        x = n.input[0]
+        if x not in quantized_input:
+            b = f"{c}{len(quantized_input)}_"
+            new_nodes += [
+                helper.make_node("Abs", [x], [b + "abs"], name=b + "abs"),
+                helper.make_node("ReduceMax", [b + "abs"], [b + "max"], name=b + "max", axes=[-1], keepdims=1),
+                helper.make_node("Mul", [b + "max", c + "inv127"], [b + "scale0"], name=b + "scale0"),
+                helper.make_node("Max", [b + "scale0", c + "eps"], [b + "scale"], name=b + "scale"),
+                helper.make_node("Div", [x, b + "scale"], [b + "div"], name=b + "div"),
+                helper.make_node("Round", [b + "div"], [b + "round"], name=b + "round"),
+                helper.make_node("Add", [b + "round", c + "offset"], [b + "shift"], name=b + "shift"),
+                helper.make_node("Cast", [b + "shift"], [b + "q"], name=b + "q", to=TensorProto.UINT8),
+            ]
+            quantized_input[x] = (b + "q", b + "scale")
+        q, scale = quantized_input[x]
+        codes, wscale = int8_columns(numpy_helper.to_array(inits[n.input[1]]).astype(np.float32))
+        base = n.name + "_int8"
+        g.initializer.extend([numpy_helper.from_array(codes, base + "_w"),
+                              numpy_helper.from_array(wscale, base + "_scale")])
+        if uses.get(n.input[1], 0) == 1:
+            g.initializer.remove(inits[n.input[1]])
+        new_nodes.append(helper.make_node("MatMulIntegerToFloat", [q, base + "_w", scale, base + "_scale", c + "zero"],
+                                          list(n.output), name=base, domain=MS_DOMAIN))
+        done += 1
+    del g.node[:]
+    g.node.extend(new_nodes)
+    if not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return out, done
 
 
 def role(node: str) -> str:

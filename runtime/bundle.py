@@ -26,6 +26,7 @@ from ticor._files import sha256_file
 from ticor.calibration import OperatingCurve, OperatingPoint, ScoreCalibration, choose_threshold
 from ticor.errors import BundleError
 from ticor.preprocess import ImageSpec, TextSpec, Vocabulary
+from ticor.verdict import describe_v1, describe_verdict
 
 SCHEMA_VERSION = 1
 FORMAT = "ticor-bundle"
@@ -178,14 +179,23 @@ class TrainingRecord:
 
 @dataclass(frozen=True)
 class Gate:
+    """The gate's verdict on test: version 1 F1 and all decisions (``min_agreement``); version 2
+    every criterion, what is reported beside them and per language in ``criteria`` (``ticor.verdict``)."""
+
     variant: str
     fp32_test_f1: float
     test_f1: float
     f1_change: float
-    agreement: float
+    agreement: float  # all decisions equal to fp32's
     passed: bool
     max_f1_drop: float
-    min_agreement: float
+    min_agreement: float | None = None  # version 1 only
+    version: int = 1
+    criteria: Json | None = None  # version 2
+
+    def describe(self) -> str:
+        """The verdict in one line (``ticor quantize``'s gate line, ``ticor info``)."""
+        return describe_verdict(self.criteria) if self.criteria else describe_v1(self.to_json())
 
     def to_json(self) -> Json:
         return dataclasses.asdict(self)

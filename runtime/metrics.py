@@ -42,6 +42,32 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
     return {"accuracy": acc, "precision": prec, "recall": rec, "f1": f1, "n": len(y)}
 
 
+#: A pair whose reference score lies within this distance of the reference threshold is a coin toss
+#: in the reference already; a quantized variant is judged on the others (the int8 gate).
+CONFIDENT_BAND = 0.05
+
+
+def against_reference(ref_scores: np.ndarray, ref_threshold: float, scores: np.ndarray, threshold: float,
+                      band: float = CONFIDENT_BAND) -> dict[str, Any]:
+    """How a variant's decisions compare with a reference's on the same pairs, each at its own
+    threshold: the share decided alike overall and among the *confident* pairs (reference score
+    more than ``band`` from its threshold), flips by direction (a match lost, a match gained), the
+    share of pairs inside the band, and the score change's 99.9th percentile and maximum."""
+    ref_scores, scores = np.asarray(ref_scores, np.float64), np.asarray(scores, np.float64)
+    if ref_scores.shape != scores.shape or not len(scores):
+        raise ValueError("the reference and the variant must score the same, non-empty set of pairs")
+    ref, new = ref_scores >= ref_threshold, scores >= threshold
+    flips = ref != new
+    confident = np.abs(ref_scores - ref_threshold) > band
+    diff = np.abs(scores - ref_scores)
+    return {"pairs": len(scores), "agreement": float(np.mean(~flips)), "band": band,
+            "in_band_share": float(np.mean(~confident)), "confident_pairs": int(confident.sum()),
+            "confident_flips": int((flips & confident).sum()),
+            "confident_kept": float(np.mean(~flips[confident])) if confident.any() else 1.0,
+            "match_lost": int((ref & ~new).sum()), "match_gained": int((~ref & new).sum()),
+            "abs_diff_p999": float(np.quantile(diff, 0.999)), "abs_diff_max": float(diff.max())}
+
+
 def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The threshold that maximises F1 (midpoint between neighbouring scores)."""
     y = np.asarray(labels).astype(bool)

@@ -1,7 +1,8 @@
-"""The text branch's dynamic int8 recipes on the fixture bundle's real text graph.
+"""The text branch's int8 recipes on the fixture bundle's real text graph.
 
-The per-node error report reproduces onnxruntime's own ``DynamicQuantizeMatMul`` arithmetic (so
-it measures what runs), both dynamic recipes build, keep fp32's embeddings, and spend their
+The per-node error report reproduces onnxruntime's own ``DynamicQuantizeMatMul`` and the per-row
+``MatMulIntegerToFloat`` arithmetic (so it measures what runs; a row quantized per row gives the
+same result alone and in a batch), both dynamic recipes build, keep fp32's embeddings, and spend their
 time in integer kernels in an onnxruntime profile.
 """
 
@@ -75,6 +76,42 @@ def test_node_error_reproduces_onnxruntime_dynamic_int8_kernel(fused) -> None:
     assert np.linalg.norm(kernel - emulated) / np.linalg.norm(exact) < 0.05 * err_kernel
     report, _ = ti.node_errors(model, {pick.name: [x]})
     assert report[0].error == pytest.approx(err_kernel, rel=0.05)
+
+
+def test_rowwise_int8_is_what_its_report_measures_and_each_row_stands_alone(fused) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ticor.evaluation import load_dataset
+    from ticor.quantization import text_int8 as ti
+
+    m, model = fused
+    pick = next(n for n in ti.weight_matmuls(model.graph) if "/layer.2/output/dense" in n.name)
+    acts = ti.matmul_inputs(model, {pick.name: pick.input[0]}, _feeds(m, load_dataset(FIXTURE_DATA).texts()))
+    x = acts[pick.name][0]
+    w = numpy_helper.to_array({i.name: i for i in model.graph.initializer}[pick.input[1]])
+    one = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="one")], "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", x.shape[1]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    q, count = ti.to_rowwise_int8(one)
+    assert count == 1 and [n.op_type for n in q.graph.node][-1] == "MatMulIntegerToFloat"
+    s = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    kernel = s.run(None, {"x": x})[0]
+    codes, scale = ti.int8_columns(w)
+    emulated = ti._rowwise_int8(x) @ (codes.astype(np.float32) * scale)
+    exact = x @ w
+    assert np.abs(kernel - emulated).max() <= 1e-4 * np.abs(exact).max()  # the integer product, scaled per row
+    report, _ = ti.node_errors(model, {pick.name: [x]})
+    err = np.linalg.norm(kernel - exact) / np.linalg.norm(exact)
+    assert report[0].rowwise_error == pytest.approx(err, rel=0.01) and report[0].rowwise_error < report[0].error
+    # a row alone and the same row among others: bit for bit the same
+    loud = x.copy()
+    loud[0] *= 40.0
+    together = s.run(None, {"x": loud})[0]
+    rows = (1, len(x) // 2, len(x) - 1)
+    assert all(np.array_equal(s.run(None, {"x": loud[k : k + 1]})[0][0], together[k]) for k in rows)
 
 
 def test_dynamic_recipes_build_keep_fp32_and_run_integer_kernels(fp32_bundle: Path, tmp_path: Path) -> None:

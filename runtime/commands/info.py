@@ -47,8 +47,7 @@ def describe(m: Manifest, verified: bool) -> str:
     if q is not None and q.branches:
         g = q.gate
         lines.insert(4, "branches    " + ", ".join(f"{p} {q.branches[p]}" for p in BRANCHES if p in q.branches)
-                     + f"    gate: test F1 {g.fp32_test_f1:.4f} (fp32) -> {g.test_f1:.4f}, "
-                     f"{g.agreement:.2%} of decisions as fp32"
+                     + f"\n            gate on test ({'passed' if g.passed else 'failed'}): {g.describe()}"
                      + q.kernel_clause())
     for name, f in sorted(m.files.items()):
         lines.append(f"  {name:<16} {f.bytes / 1e6:9.2f} MB  {f.sha256[:16]}…")
