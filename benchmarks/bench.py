@@ -63,6 +63,7 @@ from ticor.benchmarks.variants import (
 )
 from ticor.bundle import GRAPH_FILES, IMAGE_INPUT, TEXT_INPUTS, read_manifest
 from ticor.errors import TicorError, UsageError
+from ticor.metrics import against_reference
 from ticor.pair_eval import metrics_at, score_labelled
 from ticor.paths import bundle_dir, cache_path, dataset_dir, run_dir
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
@@ -248,7 +249,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
 
         # quality: ticor eval's scoring on the labelled pairs, or the bundles' stored test metrics
         quality: dict[str, Any] = {}
-        decisions: dict[str, dict[int, bool]] = {}  # variant -> pair row -> match
+        decisions: dict[str, tuple[float, dict[int, float]]] = {}  # variant -> (threshold, pair row -> score)
         ref = next((v for v in variants if v.name.startswith("ort-fp32")), None)
         if inputs.labelled is None:
             for v in variants:
@@ -267,20 +268,21 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                 scored = score_labelled(engine, inputs.labelled, truth_fn=inputs.truth)
                 thr = rest.threshold if rest.threshold is not None else m0.threshold
                 quality[v.name] = metrics_at(scored, thr)
-                decisions[v.name] = {p.row: bool(s >= thr) for p, s in zip(scored.pairs, scored.scores, strict=True)}
+                decisions[v.name] = (thr, {p.row: float(s) for p, s in zip(scored.pairs, scored.scores, strict=True)})
                 if scored.excluded:
                     quality[v.name]["excluded"] = len(scored.excluded)
                 if rest is not v:
                     quality[v.name]["note"] = "its text branch with the fp32 bundle's image branch, head and threshold"
-            # what the int8 gate measures: the share of pairs decided as the fp32 bundle decides them
+            # what the int8 gate measures: decisions as the fp32 bundle's, all and confident ones
             if ref is not None and ref.name in decisions:
-                base = decisions[ref.name]
-                for name, d in decisions.items():
+                base_thr, base = decisions[ref.name]
+                for name, (thr, d) in decisions.items():
                     common = [k for k in d if k in base]
                     if common:
-                        quality[name]["agreement_with_fp32"] = {
-                            "reference": ref.name, "pairs": len(common),
-                            "share": sum(d[k] == base[k] for k in common) / len(common)}
+                        cmp = against_reference(np.array([base[k] for k in common]), base_thr,
+                                                np.array([d[k] for k in common]), thr)
+                        quality[name]["agreement_with_fp32"] = {"reference": ref.name, "share": cmp.pop("agreement"),
+                                                                **cmp}
 
         # the limit: FLOPs at the measured shapes, this CPU's matmul peak, the share of it each variant reaches
         say(quiet, "ticor bench: matmul peak, FLOPs and kernel profiles")

@@ -37,6 +37,10 @@ def test_quick_bench_writes_sound_results_report_and_plots(fp32_bundle: Path, tm
         a = quality[name]["agreement_with_fp32"]
         assert a["reference"] == "ort-fp32" and a["pairs"] == quality["ort-fp32"]["overall"]["n"]
     assert quality["ort-fp32"]["agreement_with_fp32"]["share"] == 1.0
+    assert quality["ort-fp32"]["agreement_with_fp32"]["confident_kept"] == 1.0
+    fp32_vs_torch = quality["torch-eager-fp32"]["agreement_with_fp32"]
+    assert fp32_vs_torch["confident_pairs"] + round(fp32_vs_torch["in_band_share"] * fp32_vs_torch["pairs"]) \
+        == fp32_vs_torch["pairs"]
     assert quality["torch-eager-fp32"]["agreement_with_fp32"]["share"] >= 0.99
     assert res["limit"]["matmul_peak"]["2"]["int8_gops"] > 0
     assert {t["target"].split(",")[0] for t in res["targets"]} >= {"end-to-end fresh pair"}
