@@ -1,9 +1,7 @@
 """Per-graph recipes of ``ticor quantize``.
 
-- Text branch: dynamic int8 in integer kernels on the exported graph (all MatMuls, or all but
-  the role the per-node measurement says loses the most), or, after onnxruntime's BERT fusions,
-  int8 weights with int8 activations per block; the word-embedding table stored small in both (see
-  :func:`quantize_text`).
+- Text branch: int8 in integer kernels on the exported graph with per-row activation scales, so
+  no text depends on its batch; the word-embedding table stored small (see :func:`quantize_text`).
 - Image branch: static QDQ int8, per-channel weights, activations calibrated on real pictures
   (min-max, entropy or percentile). Dynamic int8 is not offered for the CNN: its ConvInteger
   kernels are many times slower than fp32 on CPU.
@@ -45,8 +43,8 @@ def _hushed() -> Iterator[None]:
             g.setLevel(level)
 
 
-TEXT_RECIPES = ("int8-rowwise", "int8-dynamic", "int8-mixed", "int8-weights")
-#: Calibration texts for the dynamic recipes' per-node measurement (train split, spread evenly).
+TEXT_RECIPES = ("int8-rowwise",)
+#: Calibration texts for the per-node error measurement (train split, spread evenly).
 CALIBRATION_TEXTS = 256
 
 
@@ -56,126 +54,45 @@ class TextQuantization:
 
     how: dict[str, str]
     report: list[NodeError]
-    kept_float: set[str]
 
     def report_json(self) -> list[dict[str, Any]]:
-        return [r.to_json(r.node in self.kept_float) for r in self.report]
+        return [r.to_json() for r in self.report]
 
 
-def quantize_text(src: Path, outputs: dict[str, Path], num_heads: int, hidden_size: int,
-                  calibration: list[dict[str, np.ndarray]] | None = None) -> TextQuantization:
-    """Int8 text graphs, one per recipe in ``outputs`` (keys from :data:`TEXT_RECIPES`).
+def quantize_text(src: Path, outputs: dict[str, Path], calibration: list[dict[str, np.ndarray]]) -> TextQuantization:
+    """Int8 text graphs, one per recipe in ``outputs`` (keys from :data:`TEXT_RECIPES`), built on the
+    exported graph (onnxruntime's own session fusions serve its float parts), with the word-embedding
+    table stored small: its exact 4-bit form when it has one, else int8 with one scale per row; only
+    looked-up rows are expanded (:func:`_quantize_lookup`).
 
-    In all of them the word-embedding table is stored small: its exact 4-bit form when it has
-    one, else int8 with one scale per row; only looked-up rows are expanded
-    (:func:`_quantize_lookup`).
+    - ``int8-rowwise``: every MatMul with a weight in integer arithmetic with per-row (per-token)
+      activation scales (:func:`text_int8.to_rowwise_int8`): no text's embedding depends on its batch.
 
-    - ``int8-dynamic``: every MatMul with a weight as ``DynamicQuantizeMatMul`` (uint8
-      activations per tensor at run time, int8 weights per column, integer arithmetic), with
-      SmoothQuant calibrated on ``calibration`` (text-graph feeds from the train split), built
-      on the exported graph (:mod:`ticor.quantization.text_int8`), which also measures each
-      MatMul's own int8 error on those texts.
-    - ``int8-mixed``: the same, with the MatMuls of the role the measurement finds worst (in
-      every layer) kept in float (:func:`text_int8.keep_float`).
-    - ``int8-weights``: onnxruntime's BERT fusions first (without the embedding fusion, attention
-      as ``MultiHeadAttention``, which leaves the Q, K and V projections as MatMuls), then int8
-      weights: every MatMul becomes ``MatMulNBits`` (blocks of 32, accuracy level 4: the
-      activations int8 per block of 32 at run time), 4 bits symmetric where the weights are
-      exactly 4-bit blocks already (the frozen pretrained layers: lossless), else 8 bits
-      **asymmetric** (:func:`_weights_only_int8` says why).
+    First each MatMul's own int8 error is measured on ``calibration`` (text-graph feeds from the
+    train split), per tensor and per row (:func:`text_int8.node_errors`): the report is stored.
     """
     import onnx
-    from onnxruntime.transformers import optimizer
-    from onnxruntime.transformers.fusion_options import FusionOptions
 
     unknown = sorted(set(outputs) - set(TEXT_RECIPES))
     if unknown:
         raise UsageError(f"unknown text recipe {unknown[0]!r}; known: {', '.join(TEXT_RECIPES)}")
-    dynamic = [r for r in ("int8-rowwise", "int8-dynamic", "int8-mixed") if r in outputs]
-    if dynamic and not calibration:
-        raise UsageError(f"text recipe {dynamic[0]} needs calibration texts")
-
+    if not calibration:
+        raise UsageError("the text recipes' per-node measurement needs calibration texts")
     how: dict[str, str] = {}
-    report: list[NodeError] = []
-    kept: set[str] = set()
-    with tempfile.TemporaryDirectory() as tmp, _hushed():
-        if dynamic:
-            # the exported graph itself: onnxruntime's own session fusions serve the float parts
-            # better than the BERT fusions here (measured: SkipLayerNormalization and
-            # MultiHeadAttention took 40% of the int8 graph's time at batch 64)
-            model = onnx.load(str(src))
-            nodes = text_int8.weight_matmuls(model.graph)
-            acts = text_int8.matmul_inputs(model, {n.name: n.input[0] for n in nodes}, calibration or [])
-            report, smooth = text_int8.node_errors(model, acts)
-            del acts
-            kept = text_int8.keep_float(report)
-            if "int8-rowwise" in outputs:
-                q, count = text_int8.to_rowwise_int8(model)
-                table = _quantize_lookup(q.graph, src)
-                onnx.save(q, str(outputs["int8-rowwise"]))
-                how["int8-rowwise"] = (f"{count} of {len(nodes)} MatMuls MatMulIntegerToFloat with int8 activations "
-                                       "quantized per row (per token) at run time, symmetric, and int8 weights per "
-                                       f"column: no row depends on its batch; {table}")
-            for recipe in (r for r in dynamic if r != "int8-rowwise"):
-                keep = kept if recipe == "int8-mixed" else set()
-                q, count = text_int8.to_dynamic_int8(model, keep, smooth)
-                table = _quantize_lookup(q.graph, src)
-                onnx.save(q, str(outputs[recipe]))
-                how[recipe] = (f"{count} of {len(nodes)} MatMuls DynamicQuantizeMatMul (uint8 activations per tensor "
-                               f"at run time, int8 weights per column) with SmoothQuant (alpha {text_int8.ALPHA})"
-                               + (f", the {len(keep)} of role {text_int8.role(next(iter(keep)))} kept in float by the "
-                                  "per-node measurement" if keep else "")
-                               + f"; {table}")
-        if "int8-weights" in outputs:
-            options = FusionOptions("bert")
-            options.enable_embed_layer_norm = False  # keep the Gather: its table is quantized too
-            options.use_multi_head_attention = True
-            fused = Path(tmp) / "mha.onnx"
-            optimizer.optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                                     opt_level=1, optimization_options=options).save_model_to_file(str(fused))
-            how["int8-weights"] = _weights_only_int8(fused, outputs["int8-weights"])
-    return TextQuantization(how, report, kept if "int8-mixed" in outputs else set())
-
-
-def _weights_only_int8(src: Path, dst: Path) -> str:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    model = onnx.load(str(src))
-    exact = _exact_4bit_matmuls(model.graph)
-    total = sum(1 for n in model.graph.node if n.op_type == "MatMul")
-    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in exact]
-    # The second pass takes the MatMuls the first one left: the trained layers, fine-tuned from the
-    # same 4-bit blocks. Symmetric 8-bit blocks of 32 put those weights on a grid that holds the
-    # pretrained 4-bit values exactly (the block's largest magnitude is shared, so the 4-bit step is
-    # 16 of the 8-bit steps), and round every fine-tuning update smaller than half a step back to the
-    # pretrained weight. Measured on the test fixture's bundle (60 steps, min cosine of text
-    # embeddings to fp32, the 8-bit pass alone): symmetric 0.987, asymmetric 0.998; the asymmetric
-    # grid (min..max of each block) does not line up with the 4-bit one.
-    for bits, skip, symmetric in ((4, others, True), (8, [], False)):
-        if bits == 4 and not exact:
-            continue
-        q = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=symmetric, accuracy_level=4,
-                                 nodes_to_exclude=skip, op_types_to_quantize=("MatMul",))
-        q.process()
-        model = q.model.model
-    how = (f"{len(exact)} of {total} MatMuls 4-bit (their weights are exactly 4-bit blocks, the pretrained "
-           f"layers training keeps frozen: lossless), the others 8-bit asymmetric; " if exact else
-           "every MatMul 8-bit asymmetric; ")
-    how += _quantize_lookup(model.graph, src)
-    onnx.save(model, str(dst))
-    return how
-
-
-def _exact_4bit_matmuls(graph: Any) -> list[str]:
-    """Names of the MatMul nodes whose weight ``[K, N]`` is exactly 4-bit blocks of 32 along K
-    (:func:`q4_blocks`), so :class:`MatMulNBitsQuantizer` at 4 bits, symmetric, reproduces it."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in graph.initializer}
-    return [n.name for n in graph.node
-            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
-            and q4_blocks(numpy_helper.to_array(inits[n.input[1]]).T) is not None]
+    with _hushed():
+        model = onnx.load(str(src))
+        nodes = text_int8.weight_matmuls(model.graph)
+        acts = text_int8.matmul_inputs(model, {n.name: n.input[0] for n in nodes}, calibration)
+        report = text_int8.node_errors(model, acts)
+        del acts
+        if "int8-rowwise" in outputs:
+            q, count = text_int8.to_rowwise_int8(model, lead_from=model.graph.input[0].name)
+            table = _quantize_lookup(q.graph, src)
+            onnx.save(q, str(outputs["int8-rowwise"]))
+            how["int8-rowwise"] = (f"{count} of {len(nodes)} MatMuls MatMulIntegerToFloat with int8 activations "
+                                   "quantized per row (per token) at run time, symmetric, and int8 weights per "
+                                   f"column: no row depends on its batch; {table}")
+    return TextQuantization(how, report)
 
 
 def q4_blocks(table: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,11 +1,10 @@
 """``ticor quantize``: an fp32 bundle -> an int8 (CPU) or fp16 (GPU) bundle behind an accuracy gate.
 
-Candidates per branch. int8: text — each MatMul's own int8 error measured on train texts (the
-report is printed and stored), then ``int8-dynamic`` (integer kernels with SmoothQuant),
-``int8-mixed`` (the same with the measured worst role of MatMuls in float) and ``int8-weights``
-(after the BERT fusions: low-bit weights, int8 activations per block); image static QDQ int8
-per-channel calibrated on real train pictures, one graph per calibration method; head fp32 (70 kB:
-nothing to gain). fp16: every graph converted with float32 inputs and outputs kept at the boundary.
+Candidates per branch. int8: text — each MatMul's own int8 error measured on train texts, per
+row and per tensor (the report is printed and stored), then ``int8-rowwise`` (integer kernels with
+per-row activation scales); image static QDQ int8 per-channel calibrated on real train pictures,
+one graph per calibration method; head fp32 (70 kB: nothing to gain). fp16: every graph converted
+with float32 inputs and outputs kept at the boundary.
 
 Each candidate is scored on the validation split **alone** (other branches fp32) and every graph
 is timed at batch 1 and at batch 64 side by side; the table is printed and stored. Per branch the
@@ -55,6 +54,7 @@ from ticor.metrics import evaluate
 from ticor.preprocess import encode_texts, load_image, load_tokenizer
 from ticor.quantization.gate import (
     GATE_VERSION,
+    MAX_BATCH_DRIFT,
     MAX_F1_DROP,
     batch_drift,
     failures,
@@ -71,8 +71,8 @@ from ticor.quantization.graphs import (
     quantize_text,
     to_fp16,
 )
-from ticor.quantization.text_int8 import role
 from ticor.sessions import plain_cpu_session
+from ticor.verdict import describe_by_lang
 
 #: Bumped when a recipe changes what it writes: an int8 bundle made by another version is rebuilt.
 RECIPE_VERSION = 6
@@ -189,14 +189,12 @@ def sensitivity_lines(tq: TextQuantization, worst: int = 6) -> str:
     """The per-MatMul error report's head, as printed by ``ticor quantize``."""
     if not tq.report:
         return "no per-node report"
-    median = float(np.median([r.best for r in tq.report]))
-    kept = f"; int8-mixed keeps role {role(next(iter(tq.kept_float)))} in float" if tq.kept_float else ""
-    lines = [f"text MatMuls' own int8 error with SmoothQuant (median {median:.4f}; lower than without on "
-             f"{sum(r.smoothed_error < r.error for r in tq.report)} of {len(tq.report)}{kept}), worst {worst}:"]
+    row, tensor = (float(np.median([getattr(r, k) for r in tq.report])) for k in ("rowwise_error", "tensor_error"))
+    lines = [f"text MatMuls' own int8 error per row (median {row:.4f}; one scale per batch tensor would give "
+             f"{tensor:.4f}), worst {worst}:"]
     for r in tq.report[:worst]:
-        mark = "  (float in int8-mixed)" if r.node in tq.kept_float else ""
-        lines.append(f"  {r.node:<44} {r.shape[0]:>5}x{r.shape[1]:<5} {r.smoothed_error:.4f} smoothed, {r.error:.4f} "
-                     f"without{mark}")
+        lines.append(f"  {r.node:<44} {r.shape[0]:>5}x{r.shape[1]:<5} {r.rowwise_error:.4f} per row, "
+                     f"{r.tensor_error:.4f} per tensor")
     return "\n".join(lines)
 
 
@@ -218,8 +216,8 @@ def quantize(src: Path, out: Path, data: Path, precision: str = "int8", calibrat
     """Write (or reuse) the quantized bundle ``out``; returns its manifest data.
 
     ``text``/``image``: ``auto`` (the fastest graph of that branch that keeps the gate on
-    validation, else fp32) or a graph name from the table to force (``fp32``, ``int8-dynamic``,
-    ``int8-weights``, ``int8-minmax``, ``fp16``...). Returns the written bundle's manifest.
+    validation, else fp32) or a graph name from the table to force (``fp32``, ``int8-rowwise``,
+    ``int8-minmax``, ``fp16``...). Returns the written bundle's manifest.
     """
     if precision not in ("int8", "fp16"):
         raise UsageError(f"precision must be int8 or fp16, not {precision!r}")
@@ -268,17 +266,13 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
             graphs.append(Graph(part, "fp16", f"{part}.fp16.onnx"))
         return graphs, {"version": RECIPE_VERSION,
                         "all": "float16 weights and compute; float32 inputs and outputs kept at the boundary"}, None
-    arch = m.architecture
-    if arch is None:
-        raise UsageError(f"{src} was exported before bundles recorded their architecture; export it again")
     texts = calibration_texts(ds, CALIBRATION_TEXTS)
     tok = load_tokenizer(m.tokenizer_path, m.text_spec)
     feeds = [dict(zip(TEXT_INPUTS, encode_texts(tok, texts[k : k + 64], m.text_spec), strict=True))
              for k in range(0, len(texts), 64)]
-    say(quiet, f"ticor quantize: text branch -> fused, then int8 three ways (dynamic; dynamic with the worst "
-               f"MatMuls in float; weights only), each MatMul's int8 error measured on {len(texts)} train texts")
-    tq = quantize_text(work / "text.fp32.onnx", {r: work / f"text.{r}.onnx" for r in TEXT_RECIPES},
-                       arch.text_num_heads, arch.text_hidden_size, feeds)
+    say(quiet, f"ticor quantize: text branch -> int8 with per-row activation scales, each MatMul's int8 error "
+               f"measured on {len(texts)} train texts")
+    tq = quantize_text(work / "text.fp32.onnx", {r: work / f"text.{r}.onnx" for r in TEXT_RECIPES}, feeds)
     say(quiet, "ticor quantize: " + sensitivity_lines(tq))
     graphs += [Graph("text", r, f"text.{r}.onnx") for r in TEXT_RECIPES]
     pictures = calibration_override if calibration_override is not None else calibration_set(ds, calibration)
@@ -291,11 +285,11 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
     graphs += [Graph("image", f"int8-{x}", f"image.int8-{x}.onnx") for x in methods]
     recipe = {
         "version": RECIPE_VERSION,
-        "text": {r: ("onnxruntime BERT fusions without the embedding fusion, attention as MultiHeadAttention; "
-                     if r == "int8-weights" else "the exported graph; ") + h for r, h in tq.how.items()},
+        "text": {r: "the exported graph; " + h for r, h in tq.how.items()},
         "text_sensitivity": {"calibration": {"split": "train", "texts": len(texts),
                                              "sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest()},
-                             "metric": "||y_int8 - y|| / ||y|| of each MatMul on its own fp32 inputs",
+                             "metric": "||y_int8 - y|| / ||y|| of each MatMul on its own fp32 inputs, "
+                                       "activations per row (what runs) and per tensor",
                              "nodes": tq.report_json()},
         "image": "quant_pre_process, then static QDQ int8 per-channel weights, uint8 activations",
         "head": "fp32 (70 kB; nothing to gain)",
@@ -343,7 +337,8 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
     def row_for(combo: dict[str, Graph], split: str = "val") -> dict[str, Any]:
         scores, _ = emb_cache.scores(combo, split)
         thr = matched_threshold(emb_cache.scores(combo, "val")[0], rate) if combo != fp32 else m.threshold
-        verdict = judge(ys[split], langs[split], base[split], m.threshold, scores, thr, emb_cache.drift(combo, split))
+        verdict = judge(ys[split], langs[split], base[split], m.threshold, scores, thr, emb_cache.drift(combo, split),
+                        drift_limit=None if precision == "fp16" else MAX_BATCH_DRIFT)
         c = verdict["criteria"]
         return {"variant": " + ".join(f"{p} {combo[p].name}" for p in BRANCHES),
                 "graphs": {p: combo[p].name for p in BRANCHES}, "files": [combo[p].file for p in BRANCHES],
@@ -417,5 +412,6 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
             source_model_version=m.model_version, source_files=m.files, asked=asked, branches=chosen["graphs"],
             recipe=recipe, calibration=calib_info, chosen=chosen["variant"], table=table, gate=gate,
             seconds=round(time.monotonic() - t_start, 1))))
-    say(quiet, f"ticor quantize: gate passed ({gate_line(written)}); bundle written to {out}")
+    say(quiet, f"ticor quantize: gate passed ({gate_line(written)}); bundle written to {out}; per language: "
+               f"{describe_by_lang(verdict)}")
     return written

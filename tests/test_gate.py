@@ -38,6 +38,8 @@ def test_batch_drift_alone_fails_the_gate() -> None:
     v = judge(y, langs, s, THR, s, THR, drift=2 * MAX_BATCH_DRIFT)
     assert _failed(v) == {"batch_independence"} and "with its batch" in failures(v)[0]
     assert judge(y, langs, s, THR, s, THR, drift=MAX_BATCH_DRIFT)["passed"]
+    reported = judge(y, langs, s, THR, s, THR, drift=1.0, drift_limit=None)  # fp16, meant for GPU providers
+    assert reported["passed"] and reported["criteria"]["batch_independence"]["value"] == 1.0
 
 
 def test_confident_flips_fail_but_flips_inside_the_band_do_not() -> None:

@@ -1,7 +1,7 @@
 """``ticor quantize`` on the fixture bundle.
 
 fp16 goes through the gate and is written with float32 inputs and outputs; int8 builds and
-tables every candidate graph (three text recipes, three image calibrations) and shrinks the text
+tables every candidate graph (the text recipe, three image calibrations) and shrinks the text
 graph below 30%; and the gate fails on a deliberately broken variant (the image branch forced to
 int8 calibrated on blank pictures), writing nothing. The same gate code passes fp16 here, so it
 can do both. (On the small fixture even a normally quantized branch may miss the strict 99%
@@ -33,7 +33,9 @@ def test_fp16_bundle_passes_the_gate_with_float32_io(fp32_bundle: Path) -> None:
     q = d["quantization"]
     assert d["precision"] == "fp16" and q["gate"]["passed"] and q["gate"]["version"] == 2
     criteria = q["gate"]["criteria"]["criteria"]
-    assert criteria["batch_independence"]["value"] <= 1e-5 and criteria["confident_kept"]["value"] >= 0.999
+    # meant for GPU providers: its batch drift is measured on the CPU and reported, not gated
+    assert criteria["batch_independence"]["limit"] is None and criteria["batch_independence"]["value"] >= 0
+    assert criteria["confident_kept"]["value"] >= 0.999 and "(reported)" in r.stdout
     assert q["source_model_version"] == json.loads((fp32_bundle / "manifest.json").read_text())["model_version"]
     assert d["threshold_source"].endswith("re-fitted after quantization")
     for name in ("text.onnx", "image.onnx", "head.onnx"):
@@ -62,7 +64,7 @@ def test_int8_tables_every_candidate_and_shrinks_the_text_branch(fp32_bundle: Pa
     assert expected <= set(rows), r.stderr
     mb = {k: float(v[11]) for k, v in rows.items()}
     drift = {k: float(v[8]) for k, v in rows.items()}
-    assert drift[("int8-rowwise", "fp32")] <= 1e-5 and drift[("int8-dynamic", "fp32")] > 1e-5  # per-tensor scales
+    assert max(drift.values()) <= 1e-5  # every candidate: per-row and static scales
     image_mb = mb[("fp32", "fp32")] - (fp32_bundle / "text.onnx").stat().st_size / 1e6
     for recipe in TEXT_RECIPES:  # the embedding table is quantized too
         assert mb[(recipe, "fp32")] - image_mb <= 0.30 * (mb[("fp32", "fp32")] - image_mb)
@@ -70,7 +72,6 @@ def test_int8_tables_every_candidate_and_shrinks_the_text_branch(fp32_bundle: Pa
         d = json.loads((out / "manifest.json").read_text())
         q = d["quantization"]
         assert q["gate"]["passed"] and all(c["passed"] for c in q["gate"]["criteria"]["criteria"].values())
-        assert q["branches"]["text"] not in ("int8-dynamic", "int8-mixed")  # batch-dependent: never chosen
         assert set(q["branches"]) == {"text", "image", "head"} and set(q["branches"].values()) != {"fp32"}
         assert "gate: text " in r.stdout
         sens = q["recipe"]["text_sensitivity"]
@@ -78,7 +79,8 @@ def test_int8_tables_every_candidate_and_shrinks_the_text_branch(fp32_bundle: Pa
         if q["branches"]["text"] == "int8-rowwise":  # the chosen graph computes in integers
             from ticor.benchmarks.measure import kernel_share, profile_nodes
 
-            feeds = {"input_ids": np.array([[0, 5, 6, 7, 2]]), "attention_mask": np.ones((1, 5), np.int64)}
+            ids = np.array([[0, *range(5, 15), 2]] * 4)
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
             assert kernel_share(profile_nodes(out / "text.onnx", feeds, threads=1))["integer_share"] > 0.25
     else:
         assert r.returncode == 1 and ("gate failed" in r.stderr or "no branch keeps the gate" in r.stderr)

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from ticor.commands._help import describe as help_text
+from ticor.verdict import describe_by_lang
 
 if TYPE_CHECKING:
     from ticor.bundle import Manifest
@@ -49,6 +50,8 @@ def describe(m: Manifest, verified: bool) -> str:
         lines.insert(4, "branches    " + ", ".join(f"{p} {q.branches[p]}" for p in BRANCHES if p in q.branches)
                      + f"\n            gate on test ({'passed' if g.passed else 'failed'}): {g.describe()}"
                      + q.kernel_clause())
+        if g.criteria is not None:
+            lines.insert(5, f"            per language: {describe_by_lang(g.criteria)}")
     for name, f in sorted(m.files.items()):
         lines.append(f"  {name:<16} {f.bytes / 1e6:9.2f} MB  {f.sha256[:16]}…")
     lines.append(f"  {'total':<16} {m.size_bytes / 1e6:9.2f} MB")

@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
                        help="int8 calibration methods to compare, comma-separated (default: all three)")
     quant.add_argument("--text", default="auto", metavar="GRAPH",
                        help="text graph: auto (the default: fastest that keeps the gate on val, else fp32), fp32, "
-                            "int8-dynamic, int8-mixed, int8-weights, fp16")
+                            "int8-rowwise, fp16")
     quant.add_argument("--image", default="auto", metavar="GRAPH",
                        help="image graph: auto (the default), fp32, int8-minmax, int8-entropy, int8-percentile, fp16")
     quant.add_argument("--force", action="store_true", help="quantize again even when up to date")
