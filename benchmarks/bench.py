@@ -332,7 +332,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
         "reference": {"article_baseline_test_f1": (m0.training.baseline_test["overall"]["f1"]
                                                    if m0.training and m0.training.baseline_test else None)},
     }
-    results["targets"] = targets(results, m0.preset)
+    results["targets"] = targets(results)
     out.mkdir(parents=True, exist_ok=True)
     why_not = plots(results, out)
     if why_not is not None:

@@ -20,7 +20,7 @@ TARGETS = {"camera_vs_small": 2.5, "branch_vs_fp32": 1.8, "e2e_vs_fp32": 1.5, "i
            "f1_drop_vs_torch": 0.005, "int8_peak_fraction": 0.40}
 
 
-def targets(r: dict[str, Any], preset: str) -> list[dict[str, Any]]:
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     e2e = r["end_to_end"]
     q = r["quality"]

@@ -100,6 +100,29 @@ def test_the_optimum_target_asks_for_speed_and_agreement(ours_ms: float, ours_ag
     r = {"end_to_end": {}, "quality": quality, "variants": {"ort-int8": {"precision": "int8"}},
          "branches": {"ort-int8": timing(ours_ms), "optimum-int8-text": timing(100.0)},
          "settings": {"threads": [2], "batch_sizes": [64]}, "limit": {"fraction_of_peak": {}}}
-    (t,) = [t for t in targets(r, "multilingual") if "Optimum" in t["target"]]
+    (t,) = [t for t in targets(r) if "Optimum" in t["target"]]
     assert t["met"] is met and t["value"] == pytest.approx(100.0 / ours_ms)
     assert ("not measured" in t["target"]) is (ours_agree is None)
+
+
+def test_the_int8_targets_compare_with_fp32_and_openvino_in_the_same_run() -> None:
+    from ticor.benchmarks.report import targets
+
+    def branch(text_ms: tuple[float, float], image_ms: tuple[float, float]) -> dict:
+        return {part: {"2": {"1": {"p50_ms": ms[0]}, "64": {"p50_ms": ms[1]}}}
+                for part, ms in (("text", text_ms), ("image", image_ms))}
+
+    r = {"end_to_end": {"ort-int8": {"fresh_pair": {"p50_ms": 6.0}}, "ort-fp32": {"fresh_pair": {"p50_ms": 10.0}},
+                        "openvino-fp32": {"fresh_pair": {"p50_ms": 5.0}}},
+         "quality": {}, "variants": {"ort-int8": {"precision": "int8", "size_bytes": 58e6}, "ort-fp32": {}},
+         "branches": {"ort-int8": branch((4.0, 100.0), (2.0, 60.0)), "ort-fp32": branch((8.0, 200.0), (2.0, 100.0))},
+         "settings": {"threads": [2], "batch_sizes": [1, 8, 64]}, "limit": {"fraction_of_peak": {}}}
+    got = {t["target"]: (t["value"], t["met"]) for t in targets(r)}
+    assert got["ort-int8 text branch >= 1.8x fp32 at batch 1"] == (2.0, True)
+    assert got["ort-int8 text branch >= 1.8x fp32 at batch 64"] == (2.0, True)
+    assert got["ort-int8 image branch >= 1.8x fp32 at batch 1"] == (1.0, False)
+    assert got["ort-int8 image branch >= 1.8x fp32 at batch 64"][1] is False
+    assert got["ort-int8 fresh pair >= 1.5x ort-fp32's"][1] is True
+    assert got["ort-int8 fresh pair >= 1x openvino-fp32's"] == (5.0 / 6.0, False)
+    assert got["ort-int8 bundle <= 60 MB"] == (58.0, True)
+    assert not any("torch" in t for t in got)  # no torch row in this run: no ratio reported
