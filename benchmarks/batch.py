@@ -19,7 +19,10 @@ from ticor.paths import dataset_dir
 from ticor.quantization.gate import ODD_TEXTS
 
 
-def measure(bundle: Path, pairs: list[tuple[str, Path]], odd_picture: Path) -> dict[str, float]:
+def measure(bundle: Path, pairs: list[tuple[str, Path]], odd_pictures: list[Path]) -> dict[str, float]:
+    """Each pair scored alone, in batches of 64 in order, and in shuffled batches of 7 beside one odd
+    companion (the gate's odd texts with ``odd_pictures`` in turn): the largest score change and the
+    decisions changed against the pair scored alone."""
     from ticor import Matcher
 
     m = Matcher.load(bundle, providers="cpu", threads=2)
@@ -30,7 +33,7 @@ def measure(bundle: Path, pairs: list[tuple[str, Path]], odd_picture: Path) -> d
     shuffled = np.empty(len(pairs))
     for k in range(0, len(pairs), 7):
         idx = order[k : k + 7]
-        company = [(ODD_TEXTS[k % len(ODD_TEXTS)], odd_picture)]
+        company = [(ODD_TEXTS[k % len(ODD_TEXTS)], odd_pictures[k % len(odd_pictures)])]
         shuffled[idx] = [r.score for r in m.score_batch([*company, *(pairs[i] for i in idx)])[1:]]
     thr = m.threshold
     out = {"pairs": len(pairs)}
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_dataset(args.data or dataset_dir())
     rows = ds.pairs["test"][: args.pairs]
     pairs = [(r["text"], ds.root / r["image"]) for r in rows]
-    odd = ds.root / ds.split_images("val")[0]
+    odd = [ds.root / ds.split_images("val")[0]]
     results = {str(b): measure(b, pairs, odd) for b in args.bundles}
     keys = list(next(iter(results.values())))
     print("| bundle | " + " | ".join(keys) + " |")

@@ -162,6 +162,7 @@ def format_table(table: list[dict[str, Any]], chosen: dict[str, Any] | None = No
                  "fp32's; agree = all decisions equal to fp32's; drift = largest change of a pair's score with its "
                  "batch; latency: median of 100 runs (batch 1) and of 10 runs (b64: batch 64) per graph in one "
                  "process, 2 threads; chosen per branch: the fastest at batch 1 and 64 together (product of the time "
-                 "ratios to fp32) among those that pass; x = outside the gate (drift 1e-5, F1 -0.5 pts, ROC-AUC "
-                 "-0.005, 99.9% of confident decisions), with the criteria it fails; * = chosen")
+                 f"ratios to fp32) among those that pass; x = outside the gate (drift {MAX_BATCH_DRIFT:g}, F1 "
+                 f"-{MAX_F1_DROP * 100:g} pts, ROC-AUC -{MAX_AUC_DROP:g}, {MIN_CONFIDENT:.1%} of confident decisions), "
+                 "with the criteria it fails; * = chosen")
     return "\n".join(lines)

@@ -97,6 +97,7 @@ class _Embeddings:
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._pictures: dict[str, np.ndarray] = {}
         self._tok = load_tokenizer(m.tokenizer_path, m.text_spec)
+        self._drift: dict[tuple[str, ...], float] = {}
 
     def _session(self, file: str) -> Any:
         return plain_cpu_session(self.work / file)
@@ -125,7 +126,13 @@ class _Embeddings:
 
     def drift(self, combo: dict[str, Graph], split: str) -> float:
         """The largest change of a pair's score with its batch (:func:`gate.batch_drift`), over
-        :data:`DRIFT_PAIRS` pairs of ``split`` spread evenly."""
+        :data:`DRIFT_PAIRS` pairs of ``split`` spread evenly; measured once per graphs and split."""
+        key = (combo["text"].file, combo["image"].file, combo["head"].file, split)
+        if key not in self._drift:
+            self._drift[key] = self._measure_drift(combo, split)
+        return self._drift[key]
+
+    def _measure_drift(self, combo: dict[str, Graph], split: str) -> float:
         rows = self.ds.pairs[split][:: max(1, len(self.ds.pairs[split]) // DRIFT_PAIRS)][:DRIFT_PAIRS]
         ts, im = self._session(combo["text"].file), self._session(combo["image"].file)
 

@@ -1,8 +1,9 @@
 """A pair's score does not depend on its batch, for every precision the CPU provider runs.
 
-Each bundle scores the same fixture pairs one at a time (``Matcher.score``), all in one
+Each bundle scores the same fixture pairs one at a time (``Matcher.score``), in one
 ``score_batch`` call, and in shuffled small batches beside odd companions (a very long caption, a
-line of symbols, an empty caption, a blank and a noise picture); the largest change must stay
+line of symbols, an empty caption, a blank and a noise picture), as ``python -m
+ticor.benchmarks.batch`` measures it; the largest change must stay
 within the gate's 1e-5. The int8 bundle here is built from the recipes ``ticor quantize`` keeps
 (per-row text int8, static image int8), written without the gate so that this test does not hang
 on the 30-pair fixture's quality; a bundle whose text graph is onnxruntime's ``quantize_dynamic``
@@ -22,7 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import FIXTURE_DATA, read_jsonl
-from ticor.quantization.gate import MAX_BATCH_DRIFT, ODD_TEXTS
+from ticor.quantization.gate import MAX_BATCH_DRIFT
 
 pytestmark = pytest.mark.slow
 
@@ -77,25 +78,12 @@ def odd_pictures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def _largest_drift(bundle: Path, odd_pictures: list[Path]) -> float:
-    from ticor import Matcher
+    """What ``python -m ticor.benchmarks.batch`` measures, on 24 fixture test pairs."""
+    from ticor.benchmarks.batch import measure
 
-    m = Matcher.load(bundle, providers="cpu", threads=2)
     rows = read_jsonl(FIXTURE_DATA / "pairs" / "test.jsonl")[:24]
-    pairs = [(r["text"], FIXTURE_DATA / r["image"]) for r in rows]
-    alone = np.array([m.score(t, p).score for t, p in pairs])
-    variants = [np.array([r.score for r in m.score_batch(pairs)])]
-    rng = np.random.default_rng(1)
-    odd = [(t, p) for t in ODD_TEXTS for p in odd_pictures]
-    for size in (3, 7):
-        order = rng.permutation(len(pairs))
-        got = np.empty(len(pairs))
-        for k in range(0, len(pairs), size):
-            idx = order[k : k + size]
-            company = odd[k % len(odd) : k % len(odd) + 2]
-            results = m.score_batch([*company, *(pairs[i] for i in idx)])
-            got[idx] = [r.score for r in results[len(company) :]]
-        variants.append(got)
-    return max(float(np.abs(v - alone).max()) for v in variants)
+    got = measure(bundle, [(r["text"], FIXTURE_DATA / r["image"]) for r in rows], odd_pictures)
+    return max(v for k, v in got.items() if k.endswith("largest change"))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
