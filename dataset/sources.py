@@ -167,6 +167,20 @@ SOURCES: dict[str, Source] = {
 _SKIP_SUFFIXES = (".ogg", ".wav")
 
 
+# The worked example of ``ticor adapt`` (``ticor data icons``): a domain the training data never saw.
+ICON_SOURCE = Source(
+    name="mdi",
+    registry="npm",
+    package="@mdi/svg",
+    version="7.4.47",
+    filename="mdi-svg-7.4.47.tgz",
+    sha256="de92e5dc9ce46c392ab5c53aa7190b19f82b40cb48872a083f788c7e13e91fef",
+    license="Apache-2.0 (Pictogrammers Free License)",
+    keep=("package/svg/", "package/meta.json", "package/LICENSE"),
+    license_files=("package/LICENSE",),
+)
+
+
 def downloads_dir(cache: Path | None = None) -> Path:
     return cache_path("downloads", root=cache)
 

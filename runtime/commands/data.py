@@ -30,6 +30,11 @@ def register(sub: Any) -> None:
     build.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
     build.add_argument("--sources-dir", help="use already extracted sources from this directory instead of the cache")
     build.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    icons = data_sub.add_parser("icons", help="build the worked example of ticor adapt (an icon domain)",
+                                **describe("data icons"))
+    icons.add_argument("--cache", help=HELP_CACHE)
+    icons.add_argument("--out", help="output directory (default: CACHE/examples/icons)")
+    icons.add_argument("--quiet", action="store_true", help="no progress on stderr")
     summary = data_sub.add_parser("summary", help="print a built dataset's summary", **describe("data summary"))
     summary.add_argument("dataset", help="dataset directory")
     summary.add_argument("--json", action="store_true", help="print the manifest counts as JSON")
@@ -73,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
         corpus = heldout_texts(cache)  # the export's check of a trimmed vocabulary (never training)
         _log(f"sources ready in {cache} ({len(photos)} real photographs for the picture-path tests; held-out "
              "text for the vocabulary check: " + ", ".join(f"{len(v):,} {k}" for k, v in corpus.items()) + ")")
+        return 0
+    if args.data_command == "icons":
+        from ticor.dataset.icons import build_icons
+
+        out = Path(args.out) if args.out else cache_path("examples", "icons", root=cache)
+        made = build_icons(out, cache, quiet=args.quiet)
+        _log(f"icons: {json.dumps(made['parts'], sort_keys=True)}")
+        print(out)
         return 0
     if args.data_command == "summary":
         path = Path(args.dataset) / "manifest.json"
