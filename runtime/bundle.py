@@ -1,16 +1,12 @@
 """The bundle: the one contract between the build side and the runtime.
 
 A bundle is a directory with ``text.onnx``, ``image.onnx``, ``head.onnx``, ``tokenizer.json``
-and ``manifest.json``. This module owns all of it:
-
-* the graph input/output table (:data:`GRAPH_IO`), which the exporter writes and the runtime
-  checks, before any session exists and again against each session;
-* the manifest as typed dataclasses (:class:`Manifest` and its parts) with ``from_json`` and
-  ``to_json``; nothing outside this module reads a manifest key by string;
-* :func:`read_manifest`, which refuses a bundle whose files do not match the sizes and sha256
-  sums its manifest records, before anything is loaded;
-* :func:`write_bundle`, the one way a bundle is written (export and quantize): file records,
-  manifest, read back and verify, then a rename into place.
+and ``manifest.json``. This module owns all of it: the graph input/output table
+(:data:`GRAPH_IO`), written by the exporter and checked by the runtime before any session exists
+and against each session; the manifest as typed dataclasses (:class:`Manifest` and its parts;
+nothing outside this module reads a manifest key by string); :func:`read_manifest`, which refuses
+a bundle whose files do not match their recorded sizes and sha256 before anything is loaded; and
+:func:`write_bundle`, the one way a bundle is written (records, manifest, read back, rename).
 """
 
 from __future__ import annotations
@@ -275,15 +271,11 @@ class Manifest:
     operating_curve: OperatingCurve | None = None
     vocabulary: Vocabulary | None = None
     export_seconds: float | None = None
+    adaptation: Json | None = None  # ticor adapt's record (base, pairs, parts, before/after, retention)
     root: Path = field(default=Path(), compare=False)
 
-    @property
-    def path(self) -> Path:
-        return self.root / MANIFEST
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(f.bytes for f in self.files.values())
+    path = property(lambda self: self.root / MANIFEST)
+    size_bytes = property(lambda self: sum(f.bytes for f in self.files.values()))
 
     def operating_point(self, threshold: float | None = None, min_precision: float | None = None,
                         min_recall: float | None = None) -> OperatingPoint:
@@ -293,6 +285,12 @@ class Manifest:
         return choose_threshold(self.threshold, list(curve.points) if curve else None,
                                 curve.split if curve else "val", threshold=threshold, min_precision=min_precision,
                                 min_recall=min_recall)
+
+    @property
+    def recalibration(self) -> tuple[float, float] | None:
+        """``(a, b)`` of the Platt map the runtime applies after the head graph (``adapt --calibrate-only``)."""
+        r = (self.adaptation or {}).get("recalibration")
+        return (float(r["a"]), float(r["b"])) if r else None
 
     @property
     def trained_sha256(self) -> str | None:
@@ -323,7 +321,7 @@ class Manifest:
         optional = {"architecture": self.architecture, "data": self.dataset, "source": self.source,
                     "validation": self.validation, "training": self.training, "quantization": self.quantization,
                     "score_calibration": self.score_calibration, "operating_curve": self.operating_curve,
-                    "vocabulary": self.vocabulary, "export_seconds": self.export_seconds}
+                    "vocabulary": self.vocabulary, "export_seconds": self.export_seconds, "adaptation": self.adaptation}
         for key, value in optional.items():
             if value is not None:
                 d[key] = value.to_json() if hasattr(value, "to_json") else value
@@ -355,8 +353,7 @@ class Manifest:
                 training=opt("training", TrainingRecord), quantization=opt("quantization", Quantization),
                 score_calibration=opt("score_calibration", ScoreCalibration),
                 operating_curve=opt("operating_curve", OperatingCurve), vocabulary=opt("vocabulary", Vocabulary),
-                export_seconds=d.get("export_seconds"),
-                root=Path(root))
+                export_seconds=d.get("export_seconds"), adaptation=d.get("adaptation"), root=Path(root))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
 

@@ -66,6 +66,14 @@ def platt(logits: np.ndarray, a: float, b: float) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * (a * np.asarray(logits, dtype=np.float64) + b)))
 
 
+def recalibrate(scores: np.ndarray, a: float, b: float) -> np.ndarray:
+    """A second Platt map on calibrated float32 scores, ``sigmoid(a * logit(p) + b)`` (``ticor adapt
+    --calibrate-only``: the head graph is kept, the runtime applies this after it). Scores that
+    rounded to 0 or 1 in float32 are taken at the nearest representable value."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), np.float32(1e-38), 1.0 - 2.0**-24)
+    return platt(np.log(p) - np.log1p(-p), a, b).astype(np.float32)
+
+
 def logit(p: float) -> float:
     p = min(max(p, 1e-12), 1 - 1e-12)
     return math.log(p / (1 - p))

@@ -36,7 +36,7 @@ from ticor.bundle import (
     check_session_io,
     read_manifest,
 )
-from ticor.calibration import OperatingPoint
+from ticor.calibration import OperatingPoint, recalibrate
 from ticor.embcache import DEFAULT_MAX_BYTES, EmbeddingCache, content_key
 from ticor.errors import BundleError, InputError, UsageError
 from ticor.inputs import ImageInput, clean_text, decode, is_image_bytes, open_image, picture_pixels, read_source
@@ -325,10 +325,14 @@ class Matcher:
             raise UsageError(f"head needs two [N, {self.dim}] arrays, got {a.shape} and {b.shape}")
         if not len(a):
             return np.empty((0,), np.float32)
-        return np.concatenate([
+        p = np.concatenate([
             self._sessions["head"].run([HEAD_OUTPUT], {HEAD_INPUTS[0]: a[s : s + HEAD_BATCH],
                                                        HEAD_INPUTS[1]: b[s : s + HEAD_BATCH]})[0]
             for s in range(0, len(a), HEAD_BATCH)])
+        recal = self.manifest.recalibration
+        if recal is None:
+            return p
+        return recalibrate(p, *recal)
 
     # ---------------------------------------------------------------- scoring
     def score(self, text: str | bytes, image: ImageInput) -> Match:

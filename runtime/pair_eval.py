@@ -119,8 +119,10 @@ def _values(v: Any) -> tuple[str, ...]:
 
 def read_labelled(path: str, cols: Columns | None = None, image_root: Path | None = None, label_col: str = "label",
                   slice_cols: Sequence[str] = (), group_col: str | None = "group",
-                  text_group_col: str | None = "text_group") -> PairFile:
-    """Read a labelled pair file; bad rows are returned in ``excluded`` with their reason."""
+                  text_group_col: str | None = "text_group", unlabelled: bool = False) -> PairFile:
+    """Read a labelled pair file; bad rows are returned in ``excluded`` with their reason.
+    ``unlabelled``: a file without the label column is a list of captioned pictures, every row a
+    match (``ticor adapt``); with the column, its labels are read as usual."""
     cols = cols or Columns()
     if path != "-" and not Path(path).is_file():
         raise UsageError(f"{path}: no such pair file")
@@ -140,7 +142,7 @@ def read_labelled(path: str, cols: Columns | None = None, image_root: Path | Non
             continue
         raw = r.fields.get(label_col)
         saw_label = saw_label or raw is not None
-        label = parse_label(raw)
+        label = 1 if unlabelled and raw is None else parse_label(raw)
         if label is None:
             excluded.append(Excluded(r.index + 1, r.id, "bad_label",
                                      f"row {r.index + 1}: {label_col!r} is {raw!r}, not 1/0 or true/false"))
@@ -160,7 +162,7 @@ def read_labelled(path: str, cols: Columns | None = None, image_root: Path | Non
             family=_value(r.fields.get("family")), group=_value(r.fields.get(group_col)) if group_col else None,
             text_groups=_values(r.fields.get(text_group_col)) if text_group_col else (),
             slices={c: v for c in slice_cols if (v := _value(r.fields.get(c))) is not None}))
-    if n and not saw_label:
+    if n and not saw_label and not unlabelled:
         raise UsageError(f"{path}: no {label_col!r} column (a labelled pair file needs one; map yours with "
                          "--label-col)")
     sha = None

@@ -44,7 +44,14 @@ from ticor.evaluation import Dataset, load_dataset, split_scores
 from ticor.metrics import best_threshold, evaluate, roc_auc, table
 from ticor.paths import cache_path
 from ticor.training.batches import Batches
-from ticor.training.checkpoint import assign, load_checkpoint, save_checkpoint, trainable_state, trained_file_state
+from ticor.training.checkpoint import (
+    assign,
+    load_checkpoint,
+    load_trained,
+    save_checkpoint,
+    trainable_state,
+    trained_file_state,
+)
 from ticor.training.features import ImageFeatures, TextFeatures, conse_features, image_features, text_features
 from ticor.training.model import PRESETS, ArticleBaseline, MatchModel, Preset, load_backbones
 
@@ -230,16 +237,18 @@ def train_baseline(ds: Dataset, tf: TextFeatures, imf: ImageFeatures, seed: int,
 # ----------------------------------------------------------------------------- the run
 
 
-def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, quiet: bool = False
-          ) -> dict[str, Any]:
-    """Train (or reuse) a run; returns the training log (metrics, threshold, timings)."""
+def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, quiet: bool = False,
+          init: Path | None = None, baseline: bool = True) -> dict[str, Any]:
+    """Train (or reuse) a run; returns the training log (metrics, threshold, timings). ``init``: a
+    ``trained.safetensors`` to start from instead of the pretrained backbones alone (``ticor adapt``);
+    ``baseline``: also train the article's design on the same frozen features, for the log."""
     if cfg.preset not in PRESETS:
         raise UsageError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
     preset: Preset = PRESETS[cfg.preset]
     t_start = time.monotonic()
     ds = load_dataset(dataset_dir)
     backbones = load_backbones(preset)
-    key = cfg.key(ds.sha256, backbones.weights_id)
+    key = cfg.key(ds.sha256, backbones.weights_id + (f"+init:{sha256_file(init)}" if init else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, trained_path, ckpt_path = run_dir / LOG_FILE, run_dir / TRAINED_FILE, run_dir / CHECKPOINT_FILE
     if not force and log_path.is_file() and trained_path.is_file():
@@ -252,6 +261,8 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
 
     torch.manual_seed(cfg.seed)  # the new projections and head start the same every run
     model = MatchModel(preset, backbones.bert, backbones.cnn)
+    if init is not None:
+        load_trained(model, init)
     feat_dir = cache_path("features")
     say(quiet, f"ticor train: preset {preset.name} ({preset.description}); caching frozen trunk outputs")
     t0 = time.monotonic()
@@ -259,7 +270,10 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
                        backbones.text_weights_id, quiet=quiet)
     imf = image_features(model.image, preset.image_spec, ds.root, ds.images(), feat_dir,
                          backbones.image_weights_id, quiet=quiet)
-    if model.image.conse is not None:
+    if model.image.conse is not None and init is not None:  # the table came with the trained weights
+        model.image.conse.eval()
+        imf.conse = torch.cat([model.image.conse(imf.trunk[s : s + 512]) for s in range(0, len(imf.images), 512)])
+    elif model.image.conse is not None:
         conse_features(model, Path(backbones.tokenizer), preset.text_spec, imf, feat_dir,
                        backbones.text_weights_id, quiet)
     t_features = time.monotonic() - t0
@@ -326,7 +340,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
     val_metrics = evaluate(val_rows, val_scores, threshold)
     test_rows, test_scores, rank = score_split(model, ds, tf, imf, "test", with_rank=True)
     test_metrics = evaluate(test_rows, test_scores, threshold, rank)
-    baseline = train_baseline(ds, tf, imf, cfg.seed)
+    baseline_metrics = train_baseline(ds, tf, imf, cfg.seed) if baseline else None
 
     save_file({k: v.contiguous() for k, v in trained_file_state(model).items()}, str(trained_path),
               metadata={"preset": preset.name, "weights": backbones.weights_id, "key": key})
@@ -350,7 +364,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
         "threshold_source": "maximum F1 on the val split",
         "val": val_metrics,
         "test": test_metrics,
-        "baseline_test": baseline,
+        "baseline_test": baseline_metrics,
     }
     tmp = log_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(log, indent=2, sort_keys=True), encoding="utf-8")

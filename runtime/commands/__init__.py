@@ -7,4 +7,4 @@ side) happen inside ``run``, after the command has checked that its extra is ins
 those two functions, and its name in :data:`COMMANDS`.
 """
 
-COMMANDS = ("data", "train", "export", "quantize", "info", "score", "rank", "eval", "bench")
+COMMANDS = ("data", "train", "export", "quantize", "adapt", "info", "score", "rank", "eval", "bench")

