@@ -42,7 +42,7 @@ CURVE = (100, 300, 1000, 2000)  # adapt-N.csv: the first concepts of adapt.csv, 
 VARIANTS = 2  # pictures per concept (the base icon first)
 TEST_SHARE = 0.35  # of the concepts
 COLUMNS = ("text", "image", "label", "group", "negative", "lang")
-EXAMPLE_VERSION = 1
+EXAMPLE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,17 @@ def concepts(meta: list[dict]) -> list[Concept]:
     """One concept per base icon that is not deprecated."""
     live = [m for m in meta if not m.get("deprecated")]
     by_id = {m["id"]: m for m in live}
+
+    def root(icon_id: str) -> str:  # a base icon may itself be a variant of another (19 of them): follow it
+        seen = set()
+        while icon_id in by_id and by_id[icon_id]["baseIconId"] != icon_id and icon_id not in seen:
+            seen.add(icon_id)
+            icon_id = by_id[icon_id]["baseIconId"]
+        return icon_id
+
     members: dict[str, list[str]] = defaultdict(list)
     for m in sorted(live, key=lambda m: m["name"]):
-        members[m["baseIconId"]].append(m["name"])
+        members[root(m["id"])].append(m["name"])
     out = []
     for base_id, names in sorted(members.items()):
         base = by_id.get(base_id)

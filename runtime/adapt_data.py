@@ -46,9 +46,9 @@ class Parts:
 
 
 def read_pairs(path: str, cols: Columns | None = None, image_root: Path | None = None, label_col: str = "label",
-               group_col: str = "group") -> PairFile:
+               group_col: str = "group", slice_cols: tuple[str, ...] = ()) -> PairFile:
     """The pair file's usable rows; pictures that do not open are left out with their status."""
-    pf = read_labelled(path, cols, image_root, label_col, (), group_col, None, unlabelled=True)
+    pf = read_labelled(path, cols, image_root, label_col, slice_cols, group_col, None, unlabelled=True)
     bad: dict[str, InputError] = {}
     for image in sorted({p.image for p in pf.pairs}):
         try:

@@ -111,9 +111,11 @@ def test_calibrate_only_writes_a_new_bundle_with_its_record(fp32_bundle: Path, t
                     "--calibrate-only", check=False)
     assert refused.returncode == 2 and "never overwrites" in refused.stderr
     done = ticor("adapt", str(pairs), "--bundle", str(fp32_bundle), "--out", str(out), "--calibrate-only",
-                 "--json", str(tmp_path / "report.json"), "--quiet")
+                 "--json", str(tmp_path / "report.json"), "--slice-col", "lang", "--quiet")
     assert done.stdout.splitlines()[0] == str(out)
     assert "held-out pairs" in done.stdout and "ROC-AUC" in done.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["before"]["by_slice"]["lang"]) == set(report["after"]["by_slice"]["lang"]) == {"en", "zh"}
     m = read_manifest(out)
     rec = m.adaptation
     assert rec is not None and rec["mode"] == "calibrate"
@@ -181,6 +183,7 @@ def test_tune_end_to_end_refusal_and_resume(fp32_bundle: Path, tmp_path: Path, m
     rec = read_manifest(out).adaptation
     assert rec is not None and rec["mode"] == "tune"
     assert rec["training"]["steps"] == 4
+    assert rec["parts"]["replay"] > 0  # the base's own train pairs beside the user's
     assert {r["alpha"] for r in rec["wise"]["mixes"]} == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert "retention" in rec and abs(rec["retention"]["base_f1"] - rec["retention"]["adapted_f1"]) <= 1.0
     assert rec["parts"]["train"] + rec["parts"]["val"] - rec["parts"]["val_drawn"] <= 489
@@ -188,3 +191,34 @@ def test_tune_end_to_end_refusal_and_resume(fp32_bundle: Path, tmp_path: Path, m
     ticor("eval", str(pairs), "--bundle", str(out), "--quiet", "--no-rank")
     scored = ticor("score", str(pairs), "--bundle", str(out))
     assert scored.stdout.count("\n") >= 400
+
+
+@pytest.mark.slow
+def test_icon_example_is_concept_disjoint_and_nested(tmp_path: Path) -> None:
+    from ticor.dataset.icons import CURVE, build_icons
+
+    made = build_icons(tmp_path / "icons", quiet=True)
+    assert made["source"]["package"] == "@mdi/svg@7.4.47" and not made["skipped"]
+
+    def rows(name: str) -> list[dict[str, str]]:
+        with open(tmp_path / "icons" / name, encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    adapt, test = rows("adapt.csv"), rows("test.csv")
+    assert {r["group"] for r in adapt}.isdisjoint({r["group"] for r in test})
+    assert {r["image"] for r in adapt}.isdisjoint({r["image"] for r in test})
+    assert all((tmp_path / "icons" / r["image"]).is_file() for r in test)
+    captions = {}
+    for r in adapt + test:
+        if r["label"] == "1":
+            captions.setdefault(r["group"], set()).update(r["text"].split())
+    for r in adapt + test:  # a wrong caption shares no word with the picture's own captions
+        if r["label"] == "0":
+            assert not set(r["text"].split()) & captions[r["group"]], r
+    previous: list[dict[str, str]] = []
+    for n in CURVE:
+        part = rows(f"adapt-{n}.csv")
+        assert len(part) <= n and part[: len(previous)] == previous
+        previous = part
+    unlabelled = rows("captions.csv")
+    assert "label" not in unlabelled[0] and len(unlabelled) == sum(r["label"] == "1" for r in adapt)

@@ -27,7 +27,7 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 COMMAND = re.compile(r"(?:^|\$ |&& |\| |; |\$\(|`)(?:\S*/)?ticor ((?:[a-z][a-z-]*)(?: [a-z][a-z-]*)?)", re.M)
 MODULE = re.compile(r"python3? -m (ticor(?:\.[a-z_0-9]+)*)")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
-DATA_ACTIONS = ("fetch", "build", "summary")
+DATA_ACTIONS = ("fetch", "build", "icons", "summary")
 
 
 def _code_blocks(text: str) -> list[str]:

@@ -211,3 +211,25 @@ def test_runtime_only_bench_eval_and_compare(runtime_env: Path, fp32_bundle: Pat
     bad = subprocess.run([exe, "bench", "--compare", str(a), str(tmp_path)], capture_output=True, text=True,
                          cwd="/", env=env, check=False)
     assert bad.returncode == 2 and "no results.json" in bad.stderr
+
+
+def test_runtime_only_calibrate_and_bench_the_new_bundle(runtime_env: Path, fp32_bundle: Path, tmp_path: Path
+                                                          ) -> None:
+    """`ticor adapt --calibrate-only` needs no torch; tuning says what to install; `ticor bench` takes
+    the calibrated bundle."""
+    from tests.test_adapt import _pair_file
+
+    exe = str(runtime_env / "bin" / "ticor")
+    env = _runtime_cache(tmp_path)
+    pairs = str(_pair_file(tmp_path / "mine.csv"))
+    out = tmp_path / "calibrated"
+    r = subprocess.run([exe, "adapt", pairs, "--bundle", str(fp32_bundle), "--out", str(out), "--calibrate-only",
+                        "--quiet"], capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == str(out) and "ROC-AUC" in r.stdout
+    tune = subprocess.run([exe, "adapt", pairs, "--bundle", str(fp32_bundle), "--out", str(tmp_path / "t")],
+                          capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert tune.returncode == 2 and "build" in tune.stderr and not (tmp_path / "t").exists()
+    b = subprocess.run([exe, "bench", "--quick", "--bundle", str(out), "--out", str(tmp_path / "bench"), "--runs", "3",
+                        "--quiet"], capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert b.returncode == 0, b.stderr

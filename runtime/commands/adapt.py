@@ -42,6 +42,9 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-forgetting", action="store_true", help="write the bundle even when it forgets more")
     p.add_argument("--run", help="the base's training run (default CACHE/runs/PRESET; its weights must be the ones "
                                  "the base bundle records)")
+    p.add_argument("--replay", type=float, default=1.0, help="pairs of the base's own train split mixed into "
+                                                             "training, per training row of yours (default 1.0; "
+                                                             "0: none)")
     p.add_argument("--base-data", help="the base's dataset for the retention check (default CACHE/dataset/full "
                                        "when it is the one the base was trained on)")
     point = p.add_mutually_exclusive_group()
@@ -54,6 +57,8 @@ def register(sub: Any) -> None:
     p.add_argument("--image-col", default="image", help="image column (default image)")
     p.add_argument("--label-col", default="label", help="label column (default label)")
     p.add_argument("--group-col", default="group", help="what each row's picture shows (default group, if present)")
+    p.add_argument("--slice-col", action="append", default=[], help="also compare per value of this column "
+                                                                     "(repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out part and training (default 0)")
     p.add_argument("--json", help="write the before/after report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -75,7 +80,7 @@ def _counts(excluded: list[Any]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _metrics(bundle: Path, pf: Any) -> dict[str, Any]:
+def _metrics(bundle: Path, pf: Any, slice_cols: tuple[str, ...] = ()) -> dict[str, Any]:
     """``ticor eval``'s metrics of ``bundle`` on the held-out pairs at its own threshold."""
     from ticor.matcher import Matcher
     from ticor.pair_eval import metrics_at, score_labelled
@@ -83,12 +88,12 @@ def _metrics(bundle: Path, pf: Any) -> dict[str, Any]:
     m = Matcher.load(bundle, providers="cpu", cache=False)
     try:
         scored = score_labelled(m, pf, with_rank=True)
-        return {"threshold": m.threshold, **metrics_at(scored, m.threshold)}
+        return {"threshold": m.threshold, **metrics_at(scored, m.threshold, slice_cols)}
     finally:
         m.close()
 
 
-def _table(before: dict[str, Any], after: dict[str, Any], n_val: int) -> str:
+def _table(before: dict[str, Any], after: dict[str, Any], n_val: int, tuned: bool) -> str:
     from ticor.adapt_data import interval
 
     lines = [f"{'held-out pairs':28s} {'base':>8s} {'adapted':>8s} {'change':>8s}"]
@@ -109,9 +114,18 @@ def _table(before: dict[str, Any], after: dict[str, Any], n_val: int) -> str:
             if old.get("f1") is not None and blk.get("f1") is not None:
                 label = f"{slice_key[3:]}={v} F1"
                 lines.append(f"{label:28s} {old['f1']:8.3f} {blk['f1']:8.3f} {blk['f1'] - old['f1']:+8.3f}")
+    for col, values in sorted((after.get("by_slice") or {}).items()):
+        for v, blk in sorted(values.items()):
+            old = ((before.get("by_slice") or {}).get(col) or {}).get(v) or {}
+            if old.get("f1") is not None:
+                label = f"{col}={v} F1"
+                lines.append(f"{label:28s} {old['f1']:8.3f} {blk['f1']:8.3f} {blk['f1'] - old['f1']:+8.3f}")
     lo, hi = interval(round(after["overall"]["accuracy"] * n_val), n_val)
     lines.append(f"thresholds: base {before['threshold']:.4f}, adapted {after['threshold']:.4f}; on {n_val} pairs "
                  f"the adapted accuracy's 95% interval is {lo:.3f}-{hi:.3f}")
+    if tuned:
+        lines.append("the adapted column's stopping step, WiSE-FT mix, calibration and threshold were chosen on these "
+                     "pairs: read it as optimistic (a --val file never used otherwise gives an unbiased figure)")
     return "\n".join(lines)
 
 
@@ -165,15 +179,20 @@ def run(args: argparse.Namespace) -> int:
                              "quantized again), or use --calibrate-only")
     cols = Columns(text=args.text_col, image=args.image_col)
     root = Path(args.image_root) if args.image_root else None
-    pf = read_pairs(args.pairs, cols, root, args.label_col, args.group_col)
+    slices = tuple(args.slice_col)
+    pf = read_pairs(args.pairs, cols, root, args.label_col, args.group_col, slices)
     left_out = _counts(pf.excluded)
     say(args.quiet, f"ticor adapt: {args.pairs}: {pf.rows} rows, {len(pf.pairs)} usable"
                     + (f", left out: {', '.join(f'{k} {v}' for k, v in left_out.items())}" if left_out else ""))
     if args.val:
-        vf = read_pairs(args.val, cols, root, args.label_col, args.group_col)
+        vf = read_pairs(args.val, cols, root, args.label_col, args.group_col, slices)
         from ticor.adapt_data import Parts
 
         parts = Parts(pf.pairs, vf.pairs, f"--val {args.val}", 0)
+        shared_pictures = {p.image for p in vf.pairs} & {p.image for p in pf.pairs}
+        if shared_pictures:
+            say(args.quiet, f"ticor adapt: warning: --val shares {len(shared_pictures)} pictures with {args.pairs}; "
+                            "its figures will be optimistic")
     else:
         parts = split_column(pf, args.pairs) or hold_out(pf.pairs, args.val_share, args.seed)
     val = drawn_negatives(parts.val, args.seed)
@@ -186,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     if min(pos, neg) < MIN_VAL_EACH:
         say(args.quiet, f"ticor adapt: warning: {min(pos, neg)} pairs of one label in the validation part is too few "
                         "to tell a change of a few points; read the intervals in the table")
-    val_pf = PairFile("validation part", None, val, [], (), len(val))
+    val_pf = PairFile("validation part", None, val, [], slices, len(val))
     record: dict[str, Any] = {
         "mode": "calibrate" if args.calibrate_only else "tune",
         "base": {"model_version": m.model_version, "precision": m.precision, "path": str(base.resolve()),
@@ -198,16 +217,16 @@ def run(args: argparse.Namespace) -> int:
                   "val_file_sha256": _sha(args.val) if args.val else None},
         "settings": {"seed": args.seed, "val_share": args.val_share, "precision": args.precision,
                      "epochs": args.epochs, "max_steps": args.max_steps, "max_forgetting": args.max_forgetting,
-                     "allow_forgetting": args.allow_forgetting},
+                     "allow_forgetting": args.allow_forgetting, "replay": args.replay},
     }
     say(args.quiet, "ticor adapt: scoring the validation part with the base bundle")
-    before = _metrics(base, val_pf)
+    before = _metrics(base, val_pf, slices)
     if args.calibrate_only:
-        done = _calibrate(m, base, out, val_pf, before, record, args)
+        done = _calibrate(m, base, out, parts.train, val_pf, before, record, args)
     else:
         done = _tune(m, base, out, parts, val, val_pf, before, record, args)
     after = done.adaptation["after"]
-    table = _table(before, after, len(val))
+    table = _table(before, after, len(val), not args.calibrate_only)
     report = {"bundle": str(out), "before": before, "after": after, "record": done.adaptation}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n",
@@ -221,22 +240,28 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _calibrate(m: Any, base: Path, out: Path, val_pf: Any, before: dict[str, Any], record: dict[str, Any],
-               args: argparse.Namespace) -> Any:
-    """Platt map and threshold fitted on the labelled pairs; the graphs are the base's."""
+def _calibrate(m: Any, base: Path, out: Path, train: list[Any], val_pf: Any, before: dict[str, Any],
+               record: dict[str, Any], args: argparse.Namespace) -> Any:
+    """Platt map, threshold and operating curve fitted on the training part (non-matches drawn when
+    it has none), measured on the held-out part; the graphs are the base's."""
     import numpy as np
 
+    from ticor.adapt_data import drawn_negatives
     from ticor.calibration import OperatingCurve, expected_calibration_error, fit_platt, operating_curve, platt
     from ticor.matcher import Matcher
     from ticor.metrics import best_threshold
-    from ticor.pair_eval import score_labelled
+    from ticor.pair_eval import PairFile, score_labelled
 
+    fit_pairs = drawn_negatives(train, args.seed)
     matcher = Matcher.load(base, providers="cpu", cache=False)
     try:
-        scored = score_labelled(matcher, val_pf, with_rank=False)
+        scored = score_labelled(matcher, PairFile("training part", None, fit_pairs, [], (), len(fit_pairs)),
+                                with_rank=False)
     finally:
         matcher.close()
     y = np.array([p.label for p in scored.pairs])
+    if y.min() == y.max():
+        raise UsageError("the training part needs matching and non-matching pairs to calibrate on")
     p = np.clip(scored.scores, np.float32(1e-38), 1.0 - 2.0**-24)
     z = np.log(p) - np.log1p(-p)
     prior = m.recalibration
@@ -248,11 +273,11 @@ def _calibrate(m: Any, base: Path, out: Path, val_pf: Any, before: dict[str, Any
                          "can fix that; tune instead")
     new = platt(z, a, b)
     threshold = best_threshold(y, new)
-    record["recalibration"] = {"a": a, "b": b, "fitted_on": "validation part", "pairs": len(y),
+    record["recalibration"] = {"a": a, "b": b, "fitted_on": "training part", "pairs": len(y),
                                "base_rate": float(y.mean()),
                                "ece": {"before": expected_calibration_error(scored.scores, y),
                                        "after": expected_calibration_error(new, y)}}
-    curve = OperatingCurve("the adaptation's validation part", tuple(operating_curve(new, y)))
+    curve = OperatingCurve("the adaptation's training part", tuple(operating_curve(new, y)))
     tmp = Path(tempfile.mkdtemp(prefix=".calibrated-", dir=out.parent if out.parent.exists() else None))
     try:
         from ticor.bundle import BUNDLE_FILES, write_bundle
@@ -260,15 +285,46 @@ def _calibrate(m: Any, base: Path, out: Path, val_pf: Any, before: dict[str, Any
         for name in BUNDLE_FILES:
             shutil.copyfile(base / name, tmp / name)
         staged = write_bundle(tmp, tmp.with_name(tmp.name + "-b"), dataclasses.replace(
-            m, threshold=threshold, threshold_source="maximum F1 on the adaptation's validation part",
+            m, threshold=threshold, threshold_source="maximum F1 on the adaptation's training part",
             operating_curve=curve, adaptation={**record}))
-        record["after"] = _metrics(staged.root, val_pf)
+        record["after"] = _metrics(staged.root, val_pf, val_pf.slice_cols)
         record["before"] = before
         return _finish(staged.root, out, record, args, f"{m.description}, calibrated on {Path(args.pairs).name}")
     finally:
         for d in (tmp, tmp.with_name(tmp.name + "-b")):
             if d.exists():
                 shutil.rmtree(d)
+
+
+def replay_pairs(dataset: Path, n: int, seed: int) -> list[Any]:
+    """``n`` rows of the base's own train split (matching pairs and their hard negatives, whole
+    captions, in a seeded order), so tuning keeps seeing what the base knew."""
+    import random
+
+    from ticor.evaluation import load_dataset
+    from ticor.pair_eval import LabelledPair
+
+    ds = load_dataset(dataset)
+    concept = {}
+    with open(dataset / "items.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            item = json.loads(line)
+            concept[item["image"]] = item["concept"]
+    by_text: dict[str, list[dict[str, Any]]] = {}
+    for r in ds.pairs["train"]:
+        if r["label"] == 1 or r.get("negative") == "hard":
+            by_text.setdefault(r["text"], []).append(r)
+    texts = sorted(by_text)
+    random.Random(seed).shuffle(texts)
+    out: list[Any] = []
+    for t in texts:
+        if len(out) >= n:
+            break
+        for r in by_text[t]:
+            out.append(LabelledPair(row=0, id=f"base-{r['id']}", text=r["text"], image=str(ds.root / r["image"]),
+                                    label=int(r["label"]), lang=r.get("lang"), negative=r.get("negative"),
+                                    family=r.get("family"), group=f"base:{concept.get(r['image'], r['image'])}"))
+    return out
 
 
 def _tune(m: Any, base: Path, out: Path, parts: Any, val: list[Any], val_pf: Any, before: dict[str, Any],
@@ -278,22 +334,29 @@ def _tune(m: Any, base: Path, out: Path, parts: Any, val: list[Any], val_pf: Any
     from ticor.evaluation import load_dataset
     from ticor.export.onnx_export import export
     from ticor.paths import cache_path, dataset_dir
+    from ticor.training import adapt as recipe
     from ticor.training.adapt import base_weights, tune
 
     init = base_weights(Path(args.run) if args.run else cache_path("runs", m.preset), m.trained_sha256)
     key = hashlib.sha256(json.dumps({"pairs": record["pairs"]["sha256"], "base": m.model_version,
-                                     "val": record["parts"], "settings": record["settings"]},
+                                     "val": record["parts"], "settings": record["settings"],
+                                     "recipe": dataclasses.asdict(recipe.SMALL_DATA)},
                                     sort_keys=True).encode()).hexdigest()[:16]
     work = cache_path("adapt", key)  # a rerun of the same command resumes here (training checkpoints)
     work.mkdir(parents=True, exist_ok=True)
-    write_dataset(work / "dataset", parts, val)
     base_data = Path(args.base_data) if args.base_data else dataset_dir()
     try:
         ok = m.dataset is not None and load_dataset(base_data).sha256 == m.dataset.dataset_sha256
     except UsageError:
         ok = False
+    replay: list[Any] = []
     if not ok:
-        say(args.quiet, f"ticor adapt: the base's dataset is not at {base_data}: no retention check")
+        say(args.quiet, f"ticor adapt: the base's dataset is not at {base_data}: no retention check, no replay")
+    elif args.replay:
+        replay = replay_pairs(base_data, round(args.replay * len(parts.train)), args.seed)
+        say(args.quiet, f"ticor adapt: {len(replay)} pairs of the base's own train split replayed beside yours")
+    record["parts"]["replay"] = len(replay)
+    write_dataset(work / "dataset", dataclasses.replace(parts, train=parts.train + replay), val)
     t = time.monotonic()
     tuning = tune(work / "dataset", work / "run", m.preset, init, args.seed, base_data if ok else None,
                   args.max_forgetting, args.allow_forgetting, args.epochs, args.max_steps, args.quiet)
@@ -329,5 +392,5 @@ def _tune(m: Any, base: Path, out: Path, parts: Any, val: list[Any], val_pf: Any
     record["training"] = {k: tuning[k] for k in ("config", "steps", "epochs", "kept_step")}
     record["seconds"] = seconds
     record["before"] = before
-    record["after"] = _metrics(final, val_pf)
+    record["after"] = _metrics(final, val_pf, val_pf.slice_cols)
     return _finish(final, out, record, args, f"{m.description}, adapted to {Path(args.pairs).name}")

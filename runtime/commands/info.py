@@ -145,7 +145,8 @@ def adaptation_lines(a: dict[str, Any]) -> list[str]:
            f"({a['base']['precision']}) on {p['path']} (sha256 {p['sha256'][:16]}…)",
            f"  rows      {p['rows']} read, {p['used']} used, left out: {left}",
            f"  parts     training {parts['train']}, validation {parts['val']} ({parts['val_matching']} matching, "
-           f"{parts['val_drawn']} drawn non-matches): {parts['how']}"]
+           f"{parts['val_drawn']} drawn non-matches): {parts['how']}"
+           + (f"; {parts['replay']} pairs of the base's train split replayed" if parts.get("replay") else "")]
     b, n = a["before"]["overall"], a["after"]["overall"]
     out.append(f"  held-out  F1 {b['f1']:.3f} -> {n['f1']:.3f}, ROC-AUC {b['roc_auc']:.3f} -> {n['roc_auc']:.3f}, "
                f"accuracy {b['accuracy']:.3f} -> {n['accuracy']:.3f} (base vs this bundle, each at its threshold)")
