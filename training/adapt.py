@@ -15,10 +15,10 @@ early stopping on the held-out part's ROC-AUC) at small-data settings (:data:`SM
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,26 +40,10 @@ from ticor.training.train import LOG_FILE, TRAINED_FILE, TrainConfig, score_spli
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 
 
-@dataclass(frozen=True)
-class SmallData:
-    """``ticor train``'s recipe at the settings measured for a few thousand pairs (docs/adapt.md)."""
-
-    epochs: int = 10
-    batch: int = 48
-    lr_text: float = 6e-5
-    lr_image: float = 3e-4
-    lr_new: float = 2e-3
-    warmup_steps: int = 10
-    evals_per_epoch: int = 2
-
-    def config(self, preset: str, seed: int, epochs: int | None = None, max_steps: int = 0) -> TrainConfig:
-        return TrainConfig(preset=preset, epochs=epochs or self.epochs, batch=self.batch, lr_text=self.lr_text,
-                           lr_image=self.lr_image, lr_new=self.lr_new, warmup_steps=self.warmup_steps,
-                           seed=seed, max_steps=max_steps, checkpoint_every=20,
-                           evals_per_epoch=self.evals_per_epoch, photo_repeat=1)
-
-
-SMALL_DATA = SmallData()
+#: ``ticor train``'s recipe at the settings measured for a few thousand pairs (docs/adapt.md); the
+#: preset, seed and length are filled in per run.
+SMALL_DATA = TrainConfig(preset="", epochs=10, batch=48, lr_text=6e-5, lr_image=3e-4, lr_new=2e-3, warmup_steps=10,
+                         checkpoint_every=20, evals_per_epoch=2, photo_repeat=1)
 
 
 def base_weights(run: Path, trained_sha256: str | None) -> Path:
@@ -103,7 +87,8 @@ def tune(dataset: Path, run: Path, preset: str, init: Path, seed: int, base_data
     """Train on the user's dataset from ``init``, choose the WiSE-FT mix, leave the kept weights
     and their log in ``run`` (what ``ticor export`` reads); return the tuning record."""
     t0 = time.monotonic()
-    cfg = SMALL_DATA.config(preset, seed, epochs, max_steps)
+    cfg = dataclasses.replace(SMALL_DATA, preset=preset, seed=seed, epochs=epochs or SMALL_DATA.epochs,
+                              max_steps=max_steps)
     log = train(dataset, run, cfg, quiet=quiet, init=init, baseline=False)
     tuned_path = run / TRAINED_FILE
     tuned_raw = run / "tuned.safetensors"  # the fully tuned weights (alpha 1), kept for reruns

@@ -23,6 +23,15 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                                                         "bundle's val split (the most precision at it)")
 
 
+def add_pair_columns(p: argparse.ArgumentParser, slice_help: str) -> None:
+    """The columns of a pair file (``ticor eval``, ``ticor adapt``)."""
+    p.add_argument("--image-root", help="folder for relative image paths (default: the pair file's folder)")
+    p.add_argument("--text-col", default="text", help="text column (default text)")
+    p.add_argument("--image-col", default="image", help="image column (default image)")
+    p.add_argument("--label-col", default="label", help="label column (default label)")
+    p.add_argument("--slice-col", action="append", default=[], help=f"{slice_help} (repeatable)")
+
+
 def load_matcher(args: argparse.Namespace) -> Any:
     """The bundle named by the options (verified; a bad bundle or provider exits 2, nothing written)."""
     from ticor._deps import require_onnxruntime

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ticor.commands._help import describe
+from ticor.commands._runtime import add_pair_columns
 from ticor.errors import EXIT_OK, UsageError
 
 MAX_FORGETTING = 0.01  # F1 on the base's own test split
@@ -52,13 +53,8 @@ def register(sub: Any) -> None:
                                                            "precision on the held-out part")
     point.add_argument("--min-recall", type=float, help="the new bundle's threshold: the highest with this recall "
                                                         "on the held-out part")
-    p.add_argument("--image-root", help="folder for relative image paths (default: the pair file's folder)")
-    p.add_argument("--text-col", default="text", help="text column (default text)")
-    p.add_argument("--image-col", default="image", help="image column (default image)")
-    p.add_argument("--label-col", default="label", help="label column (default label)")
+    add_pair_columns(p, "also compare per value of this column")
     p.add_argument("--group-col", default="group", help="what each row's picture shows (default group, if present)")
-    p.add_argument("--slice-col", action="append", default=[], help="also compare per value of this column "
-                                                                     "(repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out part and training (default 0)")
     p.add_argument("--json", help="write the before/after report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

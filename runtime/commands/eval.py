@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ticor.commands._help import describe
-from ticor.commands._runtime import add_runtime_options, load_matcher
+from ticor.commands._runtime import add_pair_columns, add_runtime_options, load_matcher
 from ticor.errors import EXIT_OK, UsageError
 
 
@@ -20,13 +20,8 @@ def register(sub: Any) -> None:
     ev.add_argument("pairs", help="pair file with text, image and label (1/0) columns; optional lang, negative, "
                                   "group and --slice-col columns")
     add_runtime_options(ev)
-    ev.add_argument("--image-root", help="folder for relative image paths (default: the pair file's folder)")
-    ev.add_argument("--text-col", default="text", help="text column (default text)")
-    ev.add_argument("--image-col", default="image", help="image column (default image)")
+    add_pair_columns(ev, "also report per value of this column")
     ev.add_argument("--id-col", default="id", help="id column (default id; absent: the row number)")
-    ev.add_argument("--label-col", default="label", help="label column (default label)")
-    ev.add_argument("--slice-col", action="append", default=[], help="also report per value of this column "
-                                                                     "(repeatable)")
     ev.add_argument("--group-col", default="group", help="what each row's picture shows (a concept id): a caption "
                                                          "matches every picture of its matching pictures' groups "
                                                          "for recall@k (default group, if present)")
