@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ticor._files import sha256_file
 from ticor.errors import InputError, UsageError
 from ticor.evaluation import norm_text
 from ticor.inputs import open_image
@@ -183,7 +184,7 @@ def write_dataset(out: Path, parts: Parts, val: list[LabelledPair]) -> str:
     (out / "images").mkdir(exist_ok=True)
     names: dict[str, str] = {}
     for image in sorted({p.image for p in parts.train + val}):
-        h = hashlib.sha256(Path(image).read_bytes()).hexdigest()
+        h = sha256_file(Path(image))
         link = out / "images" / f"{h}{Path(image).suffix.lower()}"
         if not link.exists():
             link.symlink_to(Path(image).resolve())

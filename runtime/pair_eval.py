@@ -27,7 +27,6 @@ JSONL/Parquet) when given, else those of its matching pictures.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ticor._files import sha256_file
 from ticor.calibration import expected_calibration_error, reliability
 from ticor.errors import InputError, UsageError
 from ticor.evaluation import norm_text, rank_matrix
@@ -165,13 +165,7 @@ def read_labelled(path: str, cols: Columns | None = None, image_root: Path | Non
     if n and not saw_label and not unlabelled:
         raise UsageError(f"{path}: no {label_col!r} column (a labelled pair file needs one; map yours with "
                          "--label-col)")
-    sha = None
-    if path != "-":
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        sha = h.hexdigest()
+    sha = None if path == "-" else sha256_file(Path(path))
     return PairFile(path, sha, pairs, excluded, tuple(slice_cols), n)
 
 

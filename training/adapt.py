@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors.torch import load_file, save_file
 
 from ticor._console import say
@@ -33,7 +32,7 @@ from ticor.evaluation import load_dataset
 from ticor.metrics import best_threshold, evaluate, roc_auc
 from ticor.paths import cache_path
 from ticor.training.checkpoint import assign, load_trained
-from ticor.training.features import image_features, text_features
+from ticor.training.features import conse_vectors, image_features, text_features
 from ticor.training.model import PRESETS, Backbones, MatchModel, load_backbones
 from ticor.training.train import LOG_FILE, TRAINED_FILE, TrainConfig, score_split, train
 
@@ -69,9 +68,7 @@ class Retention:
         self.imf = image_features(model.image, preset.image_spec, self.ds.root, self.ds.images(), feat,
                                   backbones.image_weights_id, quiet=quiet)
         if model.image.conse is not None:
-            with torch.no_grad():
-                self.imf.conse = torch.cat([model.image.conse(self.imf.trunk[s : s + 512])
-                                            for s in range(0, len(self.imf.images), 512)])
+            conse_vectors(model, self.imf)
 
     def measure(self, model: MatchModel) -> dict[str, float]:
         val_rows, val_scores, _ = score_split(model, self.ds, self.tf, self.imf, "val")
@@ -106,8 +103,7 @@ def tune(dataset: Path, run: Path, preset: str, init: Path, seed: int, base_data
                        quiet=True)
     imf = image_features(model.image, p.image_spec, ds.root, ds.images(), feat, backbones.image_weights_id, quiet=True)
     if model.image.conse is not None:
-        with torch.no_grad():
-            imf.conse = torch.cat([model.image.conse(imf.trunk[s : s + 512]) for s in range(0, len(imf.images), 512)])
+        conse_vectors(model, imf)
     retention = Retention(model, base_dataset, backbones, quiet) if base_dataset else None
     keys = [k for k in tuned if k in base and not k.startswith("image.conse.class_text")]
     mixes: list[dict[str, Any]] = []

@@ -152,6 +152,13 @@ def conse_features(model: Any, tokenizer_path: Path, spec: TextSpec, imf: ImageF
     """Fill the model's ConSE table and ``imf.conse`` (each picture's ConSE vector, from its cached
     trunk output through the frozen top copy and classifier: exact, so computed once)."""
     fill_conse_table(model, tokenizer_path, spec, cache, text_weights_id)
+    conse_vectors(model, imf, quiet)
+
+
+@torch.no_grad()
+def conse_vectors(model: Any, imf: ImageFeatures, quiet: bool = True) -> None:
+    """``imf.conse``: each picture's ConSE vector from its cached trunk output, with the model's
+    table as it is (filled by :func:`fill_conse_table`, or loaded with the trained weights)."""
     model.image.conse.eval()
     bar = Progress("ticor train: ConSE vectors", len(imf.images), quiet)
     out = []

@@ -52,7 +52,14 @@ from ticor.training.checkpoint import (
     trainable_state,
     trained_file_state,
 )
-from ticor.training.features import ImageFeatures, TextFeatures, conse_features, image_features, text_features
+from ticor.training.features import (
+    ImageFeatures,
+    TextFeatures,
+    conse_features,
+    conse_vectors,
+    image_features,
+    text_features,
+)
 from ticor.training.model import PRESETS, ArticleBaseline, MatchModel, Preset, load_backbones
 
 TRAINED_FILE = "trained.safetensors"
@@ -271,8 +278,7 @@ def train(dataset_dir: Path, run_dir: Path, cfg: TrainConfig, force: bool = Fals
     imf = image_features(model.image, preset.image_spec, ds.root, ds.images(), feat_dir,
                          backbones.image_weights_id, quiet=quiet)
     if model.image.conse is not None and init is not None:  # the table came with the trained weights
-        model.image.conse.eval()
-        imf.conse = torch.cat([model.image.conse(imf.trunk[s : s + 512]) for s in range(0, len(imf.images), 512)])
+        conse_vectors(model, imf, quiet)
     elif model.image.conse is not None:
         conse_features(model, Path(backbones.tokenizer), preset.text_spec, imf, feat_dir,
                        backbones.text_weights_id, quiet)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ticor._files import sha256_file
 from ticor.commands._help import describe
 from ticor.commands._runtime import add_pair_columns
 from ticor.errors import EXIT_OK, UsageError
@@ -59,14 +60,6 @@ def register(sub: Any) -> None:
     p.add_argument("--json", help="write the before/after report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=run)
-
-
-def _sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _counts(excluded: list[Any]) -> dict[str, int]:
@@ -205,12 +198,12 @@ def run(args: argparse.Namespace) -> int:
     record: dict[str, Any] = {
         "mode": "calibrate" if args.calibrate_only else "tune",
         "base": {"model_version": m.model_version, "precision": m.precision, "path": str(base.resolve()),
-                 "manifest_sha256": _sha(str(base / "manifest.json"))},
-        "pairs": {"path": str(Path(args.pairs).resolve()), "sha256": pf.sha256 or _sha(args.pairs), "rows": pf.rows,
-                  "used": len(pf.pairs), "left_out": left_out},
+                 "manifest_sha256": sha256_file(base / "manifest.json")},
+        "pairs": {"path": str(Path(args.pairs).resolve()), "sha256": pf.sha256 or sha256_file(Path(args.pairs)),
+                  "rows": pf.rows, "used": len(pf.pairs), "left_out": left_out},
         "parts": {"how": parts.how, "train": len(parts.train), "val": len(val), "val_matching": pos,
                   "val_drawn": len(val) - len(parts.val), "crossing_left_out": parts.crossing,
-                  "val_file_sha256": _sha(args.val) if args.val else None},
+                  "val_file_sha256": sha256_file(Path(args.val)) if args.val else None},
         "settings": {"seed": args.seed, "val_share": args.val_share, "precision": args.precision,
                      "epochs": args.epochs, "max_steps": args.max_steps, "max_forgetting": args.max_forgetting,
                      "allow_forgetting": args.allow_forgetting, "replay": args.replay},
