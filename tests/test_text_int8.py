@@ -112,6 +112,11 @@ def test_rowwise_int8_is_what_its_report_measures_and_each_row_stands_alone(fuse
     together = s.run(None, {"x": loud})[0]
     rows = (1, len(x) // 2, len(x) - 1)
     assert all(np.array_equal(s.run(None, {"x": loud[k : k + 1]})[0][0], together[k]) for k in rows)
+    # a row of zeros has scale 0 (no floor on the scale): it gives zeros, and its neighbours are untouched
+    loud[1] = 0.0
+    with_zero = s.run(None, {"x": loud})[0]
+    assert np.isfinite(with_zero).all() and not np.any(with_zero[1]) and np.array_equal(with_zero[2:], together[2:])
+    assert not np.any(ti._rowwise_int8(loud)[1])
 
 
 def test_rowwise_recipe_builds_keeps_fp32_and_runs_integer_kernels(fp32_bundle: Path, tmp_path: Path) -> None:
