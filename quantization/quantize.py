@@ -65,8 +65,10 @@ from ticor.quantization.gate import (
 from ticor.quantization.graphs import (
     CALIBRATION_METHODS,
     CALIBRATION_TEXTS,
+    IMAGE_WEIGHTS,
     TEXT_RECIPES,
     TextQuantization,
+    image_int8_weights,
     quantize_image,
     quantize_text,
     to_fp16,
@@ -75,7 +77,7 @@ from ticor.sessions import plain_cpu_session
 from ticor.verdict import describe_by_lang
 
 #: Bumped when a recipe changes what it writes: an int8 bundle made by another version is rebuilt.
-RECIPE_VERSION = 6
+RECIPE_VERSION = 7
 #: Pairs of each split whose score is checked alone and in company (the gate's batch independence).
 DRIFT_PAIRS = 40
 
@@ -173,6 +175,34 @@ def matched_threshold(scores: np.ndarray, rate: float) -> float:
     if not 0.0 < rate < 1.0:
         return float(np.min(scores)) if rate >= 1.0 else float(np.max(scores)) + 1e-6
     return float(np.quantile(scores, 1.0 - rate))
+
+
+def settle(chosen: dict[str, Graph], fp32: dict[str, Graph], asked: dict[str, str], table: list[dict[str, Any]],
+           row_for: Any, quiet: bool = True) -> tuple[dict[str, Graph], dict[str, Any]]:
+    """The graphs to write and their val row. Each branch's graph kept the gate on val alone
+    (its row in ``table``, the other branches fp32); together they may not: then, while they do
+    not, of the branches chosen automatically the one whose graph gains least time
+    (:func:`speed_key`) goes back to fp32, down to one quantized branch, which the test gate
+    judges alone. A branch forced by the user (``asked``) stays. Rows made here join ``table``."""
+    chosen = dict(chosen)
+    row = row_for(chosen)
+    while True:
+        if row["files"] not in [r["files"] for r in table]:
+            table.append(row)
+        quantized = [p for p in BRANCHES if chosen[p].name != "fp32"]
+        auto = [p for p in quantized if asked.get(p, "auto") == "auto"]
+        if row["val_passes"] or len(quantized) < 2 or not auto:
+            return chosen, row
+
+        def alone(part: str) -> dict[str, Any]:
+            return next(r for r in table if r["graphs"][part] == chosen[part].name
+                        and all(r["graphs"][o] == "fp32" for o in BRANCHES if o != part))
+
+        back = max(auto, key=lambda p: speed_key(alone(p), table[0], p))
+        say(quiet, f"ticor quantize: {row['variant']} fails the gate on val together "
+                   f"({'; '.join(failures(row['val_gate']))}): the {back} branch goes back to fp32")
+        chosen[back] = fp32[back]
+        row = row_for(chosen)
 
 
 def calibration_set(ds: Dataset, count: int) -> list[str]:
@@ -290,6 +320,8 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
                f"calibration on {len(arrays)} train pictures")
     quantize_image(work / "image.fp32.onnx", {x: work / f"image.int8-{x}.onnx" for x in methods}, arrays)
     graphs += [Graph("image", f"int8-{x}", f"image.int8-{x}.onnx") for x in methods]
+    image_weights = image_int8_weights(work / "image.fp32.onnx", work / f"image.{IMAGE_WEIGHTS}.onnx")
+    graphs.append(Graph("image", IMAGE_WEIGHTS, f"image.{IMAGE_WEIGHTS}.onnx"))
     recipe = {
         "version": RECIPE_VERSION,
         "text": {r: "the exported graph; " + h for r, h in tq.how.items()},
@@ -298,7 +330,8 @@ def _build(m: Manifest, src: Path, work: Path, ds: Dataset, precision: str, cali
                              "metric": "||y_int8 - y|| / ||y|| of each MatMul on its own fp32 inputs, "
                                        "activations per row (what runs) and per tensor",
                              "nodes": tq.report_json()},
-        "image": "quant_pre_process, then static QDQ int8 per-channel weights, uint8 activations",
+        "image": {**{f"int8-{x}": f"quant_pre_process, then static QDQ int8 per-channel weights, uint8 activations "
+                                  f"calibrated ({x})" for x in methods}, IMAGE_WEIGHTS: image_weights},
         "head": "fp32 (70 kB; nothing to gain)",
         # the gate's agreement depends on it: see ticor.kernels.int8_kernel_probe
         "int8_kernel": int8_kernel_probe(),
@@ -375,9 +408,7 @@ def _run(m: Manifest, src: Path, out: Path, work: Path, ds: Dataset, precision: 
     if all(g.name == "fp32" for g in chosen_graphs.values()):
         raise GateError("no branch keeps the gate on validation when quantized; nothing was written.\n"
                         + format_table(table))
-    chosen = row_for(chosen_graphs)
-    if chosen["files"] not in [r["files"] for r in table]:
-        table.append(chosen)
+    chosen_graphs, chosen = settle(chosen_graphs, fp32, asked, table, row_for, quiet)
     say(quiet, "\n" + format_table(table, chosen))
 
     # the gate, on test

@@ -117,3 +117,40 @@ def test_a_version_1_gate_record_still_loads_and_reads() -> None:
     g = Gate.from_json(old)
     assert g.version == 1 and g.criteria is None and "gate version 1" in g.describe()
     assert Gate.from_json(g.to_json()) == g
+
+
+def test_branches_that_fail_together_go_back_to_fp32_slowest_first() -> None:
+    """``ticor quantize``'s choice: each branch passed alone on val; together they fail, so the
+    branch that gains least time goes back to fp32 (a forced branch stays), and the rows join
+    the table."""
+    from ticor.quantization.quantize import Graph, settle
+
+    y, s, langs = _data()
+    ok, bad = judge(y, langs, s, THR, s, THR, drift=0.0), judge(y, langs, s, THR, 1.0 - s, THR, drift=0.0)
+    fp32 = {p: Graph(p, "fp32", f"{p}.fp32") for p in ("text", "image", "head")}
+    text, image = Graph("text", "int8-t", "text.t"), Graph("image", "int8-i", "image.i")
+    ms = {"fp32": 10.0, "int8-t": 5.0, "int8-i": 9.5}  # the image graph gains least
+
+    def row_for(combo: dict) -> dict:
+        names = {p: g.name for p, g in combo.items()}
+        both = names["text"] != "fp32" and names["image"] != "fp32"
+        v = bad if both else ok
+        return {"variant": " + ".join(f"{p} {n}" for p, n in names.items()), "graphs": names,
+                "files": [g.file for g in combo.values()], "val_passes": v["passed"], "val_gate": v,
+                "latency_ms": {p: ms[n] for p, n in names.items()}}
+
+    def table() -> list[dict]:
+        return [row_for(fp32), row_for(fp32 | {"text": text}), row_for(fp32 | {"image": image})]
+
+    t = table()
+    chosen, row = settle(fp32 | {"text": text, "image": image}, fp32, {"text": "auto", "image": "auto"}, t, row_for)
+    assert {p: g.name for p, g in chosen.items()} == {"text": "int8-t", "image": "fp32", "head": "fp32"}
+    assert row["val_passes"] and len(t) == 4 and not t[3]["val_passes"]  # the failing pair is in the table
+    # the image forced by the user: the text goes back instead
+    chosen, row = settle(fp32 | {"text": text, "image": image}, fp32, {"text": "auto", "image": "int8-i"}, table(),
+                         row_for)
+    assert {p: g.name for p, g in chosen.items()} == {"text": "fp32", "image": "int8-i", "head": "fp32"}
+    # both forced: nothing changes, the test gate decides (and refuses)
+    chosen, row = settle(fp32 | {"text": text, "image": image}, fp32, {"text": "int8-t", "image": "int8-i"}, table(),
+                         row_for)
+    assert not row["val_passes"] and chosen["image"] is image and chosen["text"] is text

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURE_DATA, ticor
-from ticor.quantization.graphs import TEXT_RECIPES
+from ticor.quantization.graphs import IMAGE_WEIGHTS, TEXT_RECIPES
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def test_int8_tables_every_candidate_and_shrinks_the_text_branch(fp32_bundle: Pa
         if len(cols) >= 14 and cols[2] == "fp32" and cols[0] in ("fp32", *TEXT_RECIPES):
             rows[(cols[0], cols[1])] = cols
     expected = {("fp32", "fp32"), *((r, "fp32") for r in TEXT_RECIPES),
-                *(("fp32", f"int8-{m}") for m in ("minmax", "entropy", "percentile"))}
+                *(("fp32", f"int8-{m}") for m in ("minmax", "entropy", "percentile")), ("fp32", IMAGE_WEIGHTS)}
     assert expected <= set(rows), r.stderr
     mb = {k: float(v[11]) for k, v in rows.items()}
     drift = {k: float(v[8]) for k, v in rows.items()}
@@ -68,6 +68,8 @@ def test_int8_tables_every_candidate_and_shrinks_the_text_branch(fp32_bundle: Pa
     image_mb = mb[("fp32", "fp32")] - (fp32_bundle / "text.onnx").stat().st_size / 1e6
     for recipe in TEXT_RECIPES:  # the embedding table is quantized too
         assert mb[(recipe, "fp32")] - image_mb <= 0.30 * (mb[("fp32", "fp32")] - image_mb)
+    # the image weights stored int8 (float16 where int8 loses decisions): under a third of fp32's
+    assert mb[("fp32", IMAGE_WEIGHTS)] - (mb[("fp32", "fp32")] - image_mb) <= 0.33 * image_mb
     if r.returncode == 0:  # the 30-pair fixture may or may not keep the gate
         d = json.loads((out / "manifest.json").read_text())
         q = d["quantization"]

@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
                        help="text graph: auto (the default: fastest that keeps the gate on val, else fp32), fp32, "
                             "int8-rowwise, fp16")
     quant.add_argument("--image", default="auto", metavar="GRAPH",
-                       help="image graph: auto (the default), fp32, int8-minmax, int8-entropy, int8-percentile, fp16")
+                       help="image graph: auto (the default), fp32, int8-weights (stored int8, fp32 arithmetic), "
+                            "int8-minmax, int8-entropy, int8-percentile (integer kernels), fp16")
     quant.add_argument("--force", action="store_true", help="quantize again even when up to date")
     quant.add_argument("--quiet", action="store_true", help="no progress on stderr")
     quant.set_defaults(handler=run)
