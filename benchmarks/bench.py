@@ -43,6 +43,7 @@ from ticor._deps import BUILD_LINE
 from ticor.benchmarks.inputs import BenchInputs, from_dataset, from_pair_file, generated, stored_quality
 from ticor.benchmarks.measure import (
     graph_flops,
+    in_turn,
     interleaved,
     kernel_share,
     machine_record,
@@ -198,13 +199,7 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
                 v.set_threads(threads[-1])
         fresh_pairs = inputs.fresh[: max(runs, 1)]
         e2e: dict[str, Any] = {}
-        it = {"i": 0}
-
-        def nxt() -> tuple[str, str]:
-            it["i"] = (it["i"] + 1) % len(fresh_pairs)
-            return fresh_pairs[it["i"]]
-
-        calls = {v.name: (lambda v=v: v.pair(*nxt())) for v in variants if v.pair}
+        calls = {v.name: in_turn(lambda pair, v=v: v.pair(*pair), fresh_pairs) for v in variants if v.pair}
         for name, ms in interleaved(calls, runs).items():
             e2e.setdefault(name, {})["fresh_pair"] = stats(ms, 1)
         # camera photos, the same file for every variant: a 12 MP JPEG and a ~4K PNG made from real photographs
@@ -216,14 +211,8 @@ def run_bench(bundles: list[Path], out: Path, data: Path | None, run_dir: Path |
             skipped["camera-photo rows"] = f"not run: the photographs are not fetched ({exc}); run `ticor data fetch`"
         else:
             for key, files in (("fresh_pair_12mp_jpeg", cam["jpeg"]), ("fresh_pair_4k_png", cam["png"])):
-                pick = {"i": 0}
-
-                def photo(files: list[Path] = files, pick: dict[str, int] = pick) -> str:
-                    pick["i"] = (pick["i"] + 1) % len(files)
-                    return str(files[pick["i"]])
-
-                calls = {v.name: (lambda v=v, photo=photo: v.pair(fresh_pairs[0][0], photo())) for v in variants
-                         if v.pair}
+                calls = {v.name: in_turn(lambda photo, v=v: v.pair(fresh_pairs[0][0], photo), [str(f) for f in files])
+                         for v in variants if v.pair}
                 for name, ms in interleaved(calls, max(5, runs // 3), warmup=1).items():
                     e2e.setdefault(name, {})[key] = stats(ms, 1)
         calls = {v.name: (lambda v=v: v.head(emb[:1], emb[:1])) for v in variants if v.head}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import platform
@@ -25,6 +26,14 @@ def stats(ms: list[float], batch: int) -> dict[str, float]:
     return {"p50_ms": p50, "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
             "min_ms": float(a.min()), "iqr_ms": float(np.percentile(a, 75) - np.percentile(a, 25)),
             "items_per_s": batch / (p50 / 1e3), "runs": len(ms)}
+
+
+def in_turn(call: Callable[[Any], Any], items: list[Any]) -> Callable[[], Any]:
+    """``call`` on ``items`` one after the other, cycling, with a walk of its own: each variant
+    made this way gets the same item on its k-th call, so within a round of :func:`interleaved`
+    every variant works on the same input (a shared walk would give each variant other captions)."""
+    count = itertools.count()
+    return lambda: call(items[next(count) % len(items)])
 
 
 def interleaved(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 3) -> dict[str, list[float]]:

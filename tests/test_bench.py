@@ -127,3 +127,14 @@ def test_the_int8_targets_compare_with_fp32_and_openvino_in_the_same_run() -> No
     assert got["ort-int8 fresh pair >= 1x openvino-fp32's"] == (5.0 / 6.0, False)
     assert got["ort-int8 bundle <= 60 MB"] == (58.0, True)
     assert not any("torch" in t for t in got)  # no torch row in this run: no ratio reported
+
+
+def test_variants_timed_side_by_side_work_on_the_same_input_in_each_round() -> None:
+    """The fresh-pair rows: in every round of the interleaved timing each variant scores the same
+    pair (with one shared walk through the pairs, each variant saw other captions)."""
+    from ticor.benchmarks.measure import in_turn, interleaved
+
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    calls = {name: in_turn(lambda item, name=name: seen[name].append(item), list(range(7))) for name in seen}
+    interleaved(calls, runs=10, warmup=2)
+    assert seen["a"] == seen["b"] == seen["c"] == [k % 7 for k in range(12)]
