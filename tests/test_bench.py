@@ -138,3 +138,17 @@ def test_variants_timed_side_by_side_work_on_the_same_input_in_each_round() -> N
     calls = {name: in_turn(lambda item, name=name: seen[name].append(item), list(range(7))) for name in seen}
     interleaved(calls, runs=10, warmup=2)
     assert seen["a"] == seen["b"] == seen["c"] == [k % 7 for k in range(12)]
+
+
+def test_interleaved_timing_lets_every_variant_follow_every_other() -> None:
+    """No variant may always run right after the same one (torch's spinning threads slow whatever
+    follows them): over the rounds each ordered pair of neighbours occurs."""
+    from ticor.benchmarks.measure import interleaved
+
+    trace: list[str] = []
+    names = ["torch", "a", "b", "c"]
+    interleaved({n: (lambda n=n: trace.append(n)) for n in names}, runs=60, warmup=0)
+    rounds = [trace[k : k + 4] for k in range(0, len(trace), 4)]
+    assert all(sorted(r) == sorted(names) for r in rounds)
+    after_torch = [r[r.index("torch") + 1] for r in rounds if r[-1] != "torch"]
+    assert min(after_torch.count(n) for n in names[1:]) >= 8  # each about a third of the 45 or so
