@@ -277,10 +277,7 @@ def image_int8_weights(src: Path, dst: Path) -> str:
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    uses = text_int8.input_uses(g)
     expand: list[Any] = []
     counts = {"int8": 0, "float16": 0}
 

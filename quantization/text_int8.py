@@ -43,6 +43,15 @@ class NodeError:
                 "activation_range": round(self.activation_range, 3), "outlier_ratio": round(self.outlier_ratio, 2)}
 
 
+def input_uses(graph: Any) -> dict[str, int]:
+    """How many node inputs read each tensor of ``graph`` (a weight read once can be replaced)."""
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    return uses
+
+
 def weight_matmuls(graph: Any) -> list[Any]:
     """The MatMul nodes whose second input is a constant 2-D weight, in graph order."""
     inits = {i.name: i for i in graph.initializer}
@@ -158,10 +167,7 @@ def to_rowwise_int8(model: Any, lead_from: str | None = None) -> tuple[Any, int]
     out.CopyFrom(model)
     g = out.graph
     inits = {i.name: i for i in g.initializer}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    uses = input_uses(g)
     c = "rowwise_int8_"
     g.initializer.extend([numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), c + "inv127"),
                           numpy_helper.from_array(np.array(128, np.uint8), c + "zero"),
