@@ -123,7 +123,7 @@ def test_branches_that_fail_together_go_back_to_fp32_slowest_first() -> None:
     """``ticor quantize``'s choice: each branch passed alone on val; together they fail, so the
     branch that gains least time goes back to fp32 (a forced branch stays), and the rows join
     the table."""
-    from ticor.quantization.quantize import Graph, settle
+    from ticor.quantization.choice import Graph, settle
 
     y, s, langs = _data()
     ok, bad = judge(y, langs, s, THR, s, THR, drift=0.0), judge(y, langs, s, THR, 1.0 - s, THR, drift=0.0)
