@@ -24,16 +24,9 @@ from ticor.paths import bundle_dir, cache_path
 
 
 def test_metrics(bundle: Path, test: Path) -> dict[str, Any]:
-    from ticor.matcher import Matcher
-    from ticor.pair_eval import metrics_at, read_labelled, score_labelled
+    from ticor.pair_eval import bundle_metrics, read_labelled
 
-    pf = read_labelled(str(test))
-    m = Matcher.load(bundle, providers="cpu", cache=False)
-    try:
-        scored = score_labelled(m, pf, with_rank=True)
-        out = metrics_at(scored, m.threshold)
-    finally:
-        m.close()
+    out = bundle_metrics(bundle, read_labelled(str(test)))
     o = out["overall"]
     return {"f1": o["f1"], "roc_auc": o["roc_auc"], "precision": o["precision"], "recall": o["recall"],
             "accuracy": o["accuracy"], "recall@1": (out.get("retrieval") or {}).get("recall@1"),

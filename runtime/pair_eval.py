@@ -276,6 +276,19 @@ def _rows(pairs: Sequence[LabelledPair]) -> list[dict[str, Any]]:
              "family": p.family} for p in pairs]
 
 
+def bundle_metrics(bundle: Path, pf: PairFile) -> dict[str, Any]:
+    """``ticor eval``'s metrics (recall@k and ``pf``'s slices included) of ``bundle`` on ``pf`` at the
+    bundle's own threshold, on the CPU provider without the embedding cache, with that threshold."""
+    from ticor.matcher import Matcher
+
+    m = Matcher.load(bundle, providers="cpu", cache=False)
+    try:
+        scored = score_labelled(m, pf, with_rank=True)
+        return {"threshold": m.threshold, **metrics_at(scored, m.threshold, pf.slice_cols)}
+    finally:
+        m.close()
+
+
 def metrics_at(scored: Scored, threshold: float, slice_cols: Sequence[str] = ()) -> dict[str, Any]:
     """:func:`ticor.metrics.evaluate` at ``threshold`` (overall, per language, per negative kind,
     recall@k), plus ``by_slice``: one block per value of each slice column."""

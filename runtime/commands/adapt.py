@@ -69,19 +69,6 @@ def _counts(excluded: list[Any]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _metrics(bundle: Path, pf: Any, slice_cols: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``ticor eval``'s metrics of ``bundle`` on the held-out pairs at its own threshold."""
-    from ticor.matcher import Matcher
-    from ticor.pair_eval import metrics_at, score_labelled
-
-    m = Matcher.load(bundle, providers="cpu", cache=False)
-    try:
-        scored = score_labelled(m, pf, with_rank=True)
-        return {"threshold": m.threshold, **metrics_at(scored, m.threshold, slice_cols)}
-    finally:
-        m.close()
-
-
 def _table(before: dict[str, Any], after: dict[str, Any], n_val: int, tuned: bool) -> str:
     from ticor.adapt_data import interval
 
@@ -97,17 +84,14 @@ def _table(before: dict[str, Any], after: dict[str, Any], n_val: int, tuned: boo
         a, b = (before.get("retrieval") or {}).get(k), (after.get("retrieval") or {}).get(k)
         if a is not None and b is not None:
             lines.append(f"caption->picture {k:11s} {a:8.3f} {b:8.3f} {b - a:+8.3f}")
-    for slice_key in ("by_lang", "by_negative"):
-        for v, blk in sorted((after.get(slice_key) or {}).items()):
-            old = (before.get(slice_key) or {}).get(v) or {}
+    groups = [(key[3:], before.get(key) or {}, after.get(key) or {}) for key in ("by_lang", "by_negative")]
+    groups += [(col, (before.get("by_slice") or {}).get(col) or {}, values)
+               for col, values in sorted((after.get("by_slice") or {}).items())]
+    for name, old_blocks, new_blocks in groups:
+        for v, blk in sorted(new_blocks.items()):
+            old = old_blocks.get(v) or {}
             if old.get("f1") is not None and blk.get("f1") is not None:
-                label = f"{slice_key[3:]}={v} F1"
-                lines.append(f"{label:28s} {old['f1']:8.3f} {blk['f1']:8.3f} {blk['f1'] - old['f1']:+8.3f}")
-    for col, values in sorted((after.get("by_slice") or {}).items()):
-        for v, blk in sorted(values.items()):
-            old = ((before.get("by_slice") or {}).get(col) or {}).get(v) or {}
-            if old.get("f1") is not None:
-                label = f"{col}={v} F1"
+                label = f"{name}={v} F1"
                 lines.append(f"{label:28s} {old['f1']:8.3f} {blk['f1']:8.3f} {blk['f1'] - old['f1']:+8.3f}")
     lo, hi = interval(round(after["overall"]["accuracy"] * n_val), n_val)
     lines.append(f"thresholds: base {before['threshold']:.4f}, adapted {after['threshold']:.4f}; on {n_val} pairs "
@@ -152,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         split_column,
     )
     from ticor.bundle import read_manifest
-    from ticor.pair_eval import PairFile
+    from ticor.pair_eval import PairFile, bundle_metrics
     from ticor.tables import Columns
 
     require_onnxruntime()
@@ -209,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
                      "allow_forgetting": args.allow_forgetting, "replay": args.replay},
     }
     say(args.quiet, "ticor adapt: scoring the validation part with the base bundle")
-    before = _metrics(base, val_pf, slices)
+    before = bundle_metrics(base, val_pf)
     if args.calibrate_only:
         done = _calibrate(m, base, out, parts.train, val_pf, before, record, args)
     else:
@@ -239,7 +223,7 @@ def _calibrate(m: Any, base: Path, out: Path, train: list[Any], val_pf: Any, bef
     from ticor.calibration import OperatingCurve, expected_calibration_error, fit_platt, operating_curve, platt
     from ticor.matcher import Matcher
     from ticor.metrics import best_threshold
-    from ticor.pair_eval import PairFile, score_labelled
+    from ticor.pair_eval import PairFile, bundle_metrics, score_labelled
 
     fit_pairs = drawn_negatives(train, args.seed)
     matcher = Matcher.load(base, providers="cpu", cache=False)
@@ -276,7 +260,7 @@ def _calibrate(m: Any, base: Path, out: Path, train: list[Any], val_pf: Any, bef
         staged = write_bundle(tmp, tmp.with_name(tmp.name + "-b"), dataclasses.replace(
             m, threshold=threshold, threshold_source="maximum F1 on the adaptation's training part",
             operating_curve=curve, adaptation={**record}))
-        record["after"] = _metrics(staged.root, val_pf, val_pf.slice_cols)
+        record["after"] = bundle_metrics(staged.root, val_pf)
         record["before"] = before
         return _finish(staged.root, out, record, args, f"{m.description}, calibrated on {Path(args.pairs).name}")
     finally:
@@ -290,15 +274,11 @@ def replay_pairs(dataset: Path, n: int, seed: int) -> list[Any]:
     captions, in a seeded order), so tuning keeps seeing what the base knew."""
     import random
 
-    from ticor.evaluation import load_dataset
+    from ticor.evaluation import load_dataset, read_jsonl
     from ticor.pair_eval import LabelledPair
 
     ds = load_dataset(dataset)
-    concept = {}
-    with open(dataset / "items.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            item = json.loads(line)
-            concept[item["image"]] = item["concept"]
+    concept = {item["image"]: item["concept"] for item in read_jsonl(dataset / "items.jsonl")}
     by_text: dict[str, list[dict[str, Any]]] = {}
     for r in ds.pairs["train"]:
         if r["label"] == 1 or r.get("negative") == "hard":
@@ -322,6 +302,7 @@ def _tune(m: Any, base: Path, out: Path, parts: Any, val: list[Any], val_pf: Any
     from ticor.adapt_data import write_dataset
     from ticor.evaluation import load_dataset
     from ticor.export.onnx_export import export
+    from ticor.pair_eval import bundle_metrics
     from ticor.paths import cache_path, dataset_dir
     from ticor.training import adapt as recipe
     from ticor.training.adapt import base_weights, tune
@@ -381,5 +362,5 @@ def _tune(m: Any, base: Path, out: Path, parts: Any, val: list[Any], val_pf: Any
     record["training"] = {k: tuning[k] for k in ("config", "steps", "epochs", "kept_step")}
     record["seconds"] = seconds
     record["before"] = before
-    record["after"] = _metrics(final, val_pf, val_pf.slice_cols)
+    record["after"] = bundle_metrics(final, val_pf)
     return _finish(final, out, record, args, f"{m.description}, adapted to {Path(args.pairs).name}")
